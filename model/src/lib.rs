@@ -1,0 +1,65 @@
+//! `tandem-model`: the model and LoRA adapter stack shared by the device and the nodes.
+//!
+//! A Llama-family decoder (grouped-query attention, RoPE, RMSNorm, SwiGLU, tied or untied
+//! embeddings) on candle, loading the Hugging Face layout (`config.json` from transformers 4.x or
+//! 5.x, `*.safetensors` incl. sharded index, `tokenizer.json`) and PEFT LoRA adapters. The crate
+//! does no I/O beyond reading the paths handed to it (and writing the directory handed to a
+//! `save_pretrained`).
+//!
+//! # Inference
+//!
+//! ```text
+//! let m = load_model(dir, DType::F16, &Device::Cpu)?;            // LoadedModel {model, tokenizer, digest}
+//! let a = load_adapter(adir, m.model.config(), DType::F16, &dev)?; // LoadedAdapter {adapter, digest}
+//! let mut cache = Cache::new(&m.model, batch, capacity)?;         // per sequence(s), preallocated
+//! let logits = m.model.forward(&tokens, Some(&a.adapter), &mut cache)?;  // [b, seq, vocab] f32
+//! m.model.generate(&m.tokenizer, &prompt_ids, None, &params, |delta| { print!("{delta}"); ControlFlow::Continue(()) })?;
+//! ```
+//! The adapter is an argument of each call, so one `Model` serves requests with different
+//! adapters (or none) concurrently; `Model::merge_adapter` makes a merged copy for speed.
+//!
+//! # Training API (for `tandem model train`)
+//!
+//! * Build trainable weights: `let vm = VarMap::new(); let vb = VarBuilder::from_varmap(&vm,
+//!   DType::F32, &dev); let model = Model::new(&cfg, vb)?;` — names follow transformers
+//!   (`model.layers.N.self_attn.q_proj.weight`), missing ones are created (normal std 0.02, norms
+//!   1). To start from a checkpoint, `load_model` it and copy `model.named_tensors()` into the
+//!   `VarMap` (`vm.set_one(name, tensor)`) before calling `Model::new` — or fill the VarMap with
+//!   `vm.load(path)` from a `model.safetensors`.
+//! * LoRA with the base frozen: load the base with `load_model` (plain tensors, not Vars), then
+//!   `Adapter::new(AdapterConfig::new(r, alpha, &Target::ALL), model.config(),
+//!   VarBuilder::from_varmap(&avm, DType::F32, &dev))`; A starts Kaiming-uniform, B at zero (PEFT
+//!   init). Optimise `avm.all_vars()` only.
+//! * Differentiable forward: `model.forward_train(&input_ids /*[b, seq] u32*/, adapter)` →
+//!   logits `[b, seq, vocab]` in the compute dtype; full causal attention, no cache, no in-place
+//!   ops, so `loss.backward()` works.
+//! * Save: `model.save_pretrained(dir)` writes `config.json` + `model.safetensors`;
+//!   `adapter.save_pretrained(dir)` writes `adapter_config.json` + `adapter_model.safetensors`
+//!   (PEFT names). Both load back with `load_model` / `load_adapter` (copy a `tokenizer.json` next
+//!   to a saved model).
+
+pub mod adapter_cache;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod generate;
+pub mod llama;
+pub mod loader;
+pub mod lora;
+pub mod sampling;
+pub mod tokenizer;
+pub mod train;
+pub mod weights;
+
+pub use adapter_cache::{AdapterCache, CacheStats};
+pub use candle_core::{DType, Device, Tensor};
+pub use candle_nn::{VarBuilder, VarMap};
+pub use config::Config;
+pub use digest::{AdapterDigest, ModelDigest, Sha256Digest};
+pub use error::{AdapterError, Error, LoadError, Result, UsageError};
+pub use generate::{FinishReason, GenerateParams, Generation};
+pub use llama::{Cache, Model};
+pub use loader::{LoadedAdapter, LoadedModel, load_adapter, load_model};
+pub use lora::{Adapter, AdapterConfig, Target};
+pub use sampling::{Sampler, SamplingParams};
+pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -1,0 +1,844 @@
+//! The Llama-family decoder: config → cache → layers → model, top to bottom.
+//!
+//! Weights are immutable once built; every forward pass takes the per-sequence state (the
+//! [`Cache`]) and the LoRA adapter (if any) as arguments, so one loaded [`Model`] serves many
+//! sequences with different adapters at once.
+//!
+//! # Batching design: left padding
+//!
+//! A batch of sequences of different lengths is left-padded to a common length. The cache records
+//! each sequence's padding; slot `s` of sequence `b` holds position `s - pad[b]`, so RoPE sees the
+//! same positions as when the sequence runs alone. The attention mask hides padding slots from
+//! real queries (padding queries attend only to themselves, which keeps softmax finite; their
+//! outputs are never read). Because all sequences share one write offset, a decode step appends
+//! one token to every sequence with a single in-place `slice_set` per layer.
+//!
+//! # Two forward paths
+//!
+//! * [`Model::forward`] / [`Model::forward_last`]: inference with the preallocated [`Cache`],
+//!   updated in place; fused candle kernels (RMSNorm, RoPE, softmax) that have no backward pass.
+//! * [`Model::forward_train`]: one full causal pass with no cache and only differentiable ops, for
+//!   `candle_core::backprop`.
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::Config;
+use crate::error::{Result, UsageError};
+use crate::lora::{Adapter, LayerAdapter, LoraPair, Target};
+
+/// Standard deviation of the random init used when a `VarBuilder` creates fresh weights
+/// (transformers' `initializer_range` default for Llama).
+const INIT_STD: f64 = 0.02;
+
+// ---------------------------------------------------------------------------------------------
+// Rotary position embedding table
+// ---------------------------------------------------------------------------------------------
+
+/// Precomputed RoPE cos/sin, `[max_position_embeddings, head_dim / 2]`, in the compute dtype.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    /// RoFormer (Su et al. 2021) §3.4.2 with θ_i = base^(-2i/d), the non-interleaved
+    /// ("rotate_half") layout used by transformers' Llama.
+    fn new(cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        // transformers computes inv_freq and the angles in float32; do the same.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32))
+            .collect();
+        let n = cfg.max_position_embeddings;
+        let mut angles = Vec::with_capacity(n * half);
+        for p in 0..n {
+            angles.extend(inv_freq.iter().map(|f| p as f32 * f));
+        }
+        let angles = Tensor::from_vec(angles, (n, half), device)?;
+        Ok(Rope {
+            cos: angles.cos()?.to_dtype(dtype)?,
+            sin: angles.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// cos/sin for the given positions: `[seq, half]` when every sequence shares them,
+    /// `[batch, seq, half]` otherwise.
+    fn select(&self, positions: &Positions) -> Result<(Tensor, Tensor)> {
+        match positions {
+            Positions::Shared { start, len } => Ok((
+                self.cos.narrow(0, *start, *len)?,
+                self.sin.narrow(0, *start, *len)?,
+            )),
+            Positions::PerSequence { ids, batch, len } => {
+                let cos = self.cos.index_select(ids, 0)?;
+                let sin = self.sin.index_select(ids, 0)?;
+                let half = cos.dim(1)?;
+                Ok((
+                    cos.reshape((*batch, *len, half))?,
+                    sin.reshape((*batch, *len, half))?,
+                ))
+            }
+        }
+    }
+}
+
+/// Positions of the tokens of one forward call.
+enum Positions {
+    /// All sequences at positions `start..start + len`.
+    Shared { start: usize, len: usize },
+    /// Flattened `[batch * len]` u32 position ids (left-padded batch).
+    PerSequence {
+        ids: Tensor,
+        batch: usize,
+        len: usize,
+    },
+}
+
+/// Rotates `x` (`[b, heads, seq, head_dim]`) by the angles in `cos`/`sin`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if !differentiable {
+        return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?);
+    }
+    // x·cos + rotate_half(x)·sin, from composable (differentiable) ops.
+    let (cos, sin) = match cos.rank() {
+        2 => (cos.unsqueeze(0)?, sin.unsqueeze(0)?),
+        _ => (cos.clone(), sin.clone()),
+    };
+    let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?.unsqueeze(1)?;
+    let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?.unsqueeze(1)?;
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+}
+
+/// RMSNorm (Zhang & Sennrich 2019), computed in f32 as transformers does.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, differentiable: bool) -> Result<Tensor> {
+    if differentiable {
+        return Ok(candle_nn::ops::rms_norm_slow(x, weight, eps as f32)?);
+    }
+    Ok(candle_nn::ops::rms_norm(
+        &x.contiguous()?,
+        weight,
+        eps as f32,
+    )?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV cache
+// ---------------------------------------------------------------------------------------------
+
+/// The per-sequence state of inference: keys and values of every layer, preallocated to a fixed
+/// capacity and written in place, plus the left padding of each sequence in the batch.
+///
+/// One cache belongs to one batch of sequences; the model it runs with is passed to every call.
+#[derive(Debug)]
+pub struct Cache {
+    /// Per layer `(k, v)`, each `[batch, kv_heads, capacity, head_dim]`, contiguous.
+    kv: Vec<(Tensor, Tensor)>,
+    /// Slots filled so far (shared by all sequences of the batch).
+    len: usize,
+    capacity: usize,
+    /// Leading padding slots of each sequence.
+    pad: Vec<usize>,
+}
+
+impl Cache {
+    /// A cache for `batch` sequences of up to `capacity` tokens each (padding included).
+    pub fn new(model: &Model, batch: usize, capacity: usize) -> Result<Self> {
+        let cfg = &model.cfg;
+        if batch == 0 || capacity == 0 {
+            return Err(UsageError::Empty("cache batch and capacity must be non-zero").into());
+        }
+        if capacity > cfg.max_position_embeddings {
+            return Err(UsageError::CacheFull {
+                used: 0,
+                capacity: cfg.max_position_embeddings,
+                requested: capacity,
+            }
+            .into());
+        }
+        let shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim);
+        let kv = (0..cfg.num_hidden_layers)
+            .map(|_| {
+                Ok((
+                    Tensor::zeros(shape, model.dtype, &model.device)?,
+                    Tensor::zeros(shape, model.dtype, &model.device)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Cache {
+            kv,
+            len: 0,
+            capacity,
+            pad: vec![0; batch],
+        })
+    }
+
+    /// Slots used so far (the longest sequence's length, padding included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Maximum number of slots.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Number of sequences.
+    pub fn batch(&self) -> usize {
+        self.pad.len()
+    }
+
+    /// Left padding of each sequence.
+    pub fn padding(&self) -> &[usize] {
+        &self.pad
+    }
+
+    /// Forgets all tokens (keeps the allocation) and clears the padding.
+    pub fn reset(&mut self) {
+        self.len = 0;
+        self.pad.iter_mut().for_each(|p| *p = 0);
+    }
+
+    /// Declares that the next `forward` call's first `pad[b]` tokens of sequence `b` are
+    /// padding. Only valid on an empty cache.
+    pub fn set_left_padding(&mut self, pad: &[usize]) -> Result<()> {
+        if pad.len() != self.pad.len() {
+            return Err(UsageError::BatchMismatch {
+                input: pad.len(),
+                cache: self.pad.len(),
+            }
+            .into());
+        }
+        if self.len != 0 {
+            return Err(UsageError::Empty("padding can only be set on an empty cache").into());
+        }
+        self.pad.copy_from_slice(pad);
+        Ok(())
+    }
+
+    fn positions(&self, seq: usize, device: &Device) -> Result<Positions> {
+        if self.pad.iter().all(|&p| p == 0) {
+            return Ok(Positions::Shared {
+                start: self.len,
+                len: seq,
+            });
+        }
+        let ids: Vec<u32> = self
+            .pad
+            .iter()
+            .flat_map(|&p| (self.len..self.len + seq).map(move |s| s.saturating_sub(p) as u32))
+            .collect();
+        Ok(Positions::PerSequence {
+            ids: Tensor::from_vec(ids, self.pad.len() * seq, device)?,
+            batch: self.pad.len(),
+            len: seq,
+        })
+    }
+
+    /// Additive mask `[batch, 1, 1, seq, kv_len]` (0 or -inf), or `None` when every new query
+    /// may see every slot (one new token, no padding).
+    fn mask(&self, seq: usize, device: &Device) -> Result<Option<Tensor>> {
+        let padded = self.pad.iter().any(|&p| p > 0);
+        if seq == 1 && !padded {
+            return Ok(None);
+        }
+        let kv_len = self.len + seq;
+        let mut m = Vec::with_capacity(self.pad.len() * seq * kv_len);
+        for &p in &self.pad {
+            for i in 0..seq {
+                let slot = self.len + i;
+                m.extend((0..kv_len).map(|j| {
+                    let visible = j <= slot && (j >= p || j == slot);
+                    if visible { 0f32 } else { f32::NEG_INFINITY }
+                }));
+            }
+        }
+        Ok(Some(Tensor::from_vec(
+            m,
+            (self.pad.len(), 1, 1, seq, kv_len),
+            device,
+        )?))
+    }
+}
+
+/// Where a layer's keys and values go in one call.
+enum Kv<'a> {
+    /// Written into the cache at `offset`; attention reads slots `0..offset + seq`.
+    Cached {
+        k: &'a Tensor,
+        v: &'a Tensor,
+        offset: usize,
+    },
+    /// No cache: attention reads only this call's keys (training).
+    Fresh,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+// ---------------------------------------------------------------------------------------------
+
+/// A bias-free linear projection, `y = x Wᵀ`, plus an optional LoRA update.
+#[derive(Debug, Clone)]
+pub(crate) struct Proj {
+    /// `[out, in]`, as stored by transformers.
+    pub(crate) weight: Tensor,
+}
+
+impl Proj {
+    fn load(vb: &VarBuilder, din: usize, dout: usize) -> Result<Self> {
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        };
+        Ok(Proj {
+            weight: vb.get_with_hints((dout, din), "weight", init)?,
+        })
+    }
+
+    /// `x`: `[.., in]` → `[.., out]`. LoRA (Hu et al. 2021, eq. 3): `h = W₀x + (α/r)·B A x`.
+    fn forward(&self, x: &Tensor, lora: Option<&LoraPair>) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let din = dims[dims.len() - 1];
+        let rows = x.elem_count() / din;
+        let x2 = x.reshape((rows, din))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(l) = lora {
+            let delta = x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
+            y = (y + delta.affine(l.scale, 0.0)?)?;
+        }
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.weight.dim(0)?;
+        Ok(y.reshape(out)?)
+    }
+}
+
+/// Grouped-query self-attention (Ainslie et al. 2023).
+#[derive(Debug, Clone)]
+pub(crate) struct Attention {
+    pub(crate) q: Proj,
+    pub(crate) k: Proj,
+    pub(crate) v: Proj,
+    pub(crate) o: Proj,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(vb: &VarBuilder, cfg: &Config) -> Result<Self> {
+        let proj = |t: Target, name: &str| {
+            let (din, dout) = cfg.projection_dims(t);
+            Proj::load(&vb.pp(name), din, dout)
+        };
+        Ok(Attention {
+            q: proj(Target::Q, "q_proj")?,
+            k: proj(Target::K, "k_proj")?,
+            v: proj(Target::V, "v_proj")?,
+            o: proj(Target::O, "o_proj")?,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        kv: Kv<'_>,
+        lora: Option<&LayerAdapter>,
+        differentiable: bool,
+    ) -> Result<Tensor> {
+        let (b, seq, _) = x.dims3()?;
+        let (hd, nh, nkv) = (self.head_dim, self.heads, self.kv_heads);
+        let slot = |t| lora.and_then(|l| l.get(t));
+        let split = |y: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, seq, heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split(self.q.forward(x, slot(Target::Q))?, nh)?;
+        let k = split(self.k.forward(x, slot(Target::K))?, nkv)?;
+        let v = split(self.v.forward(x, slot(Target::V))?, nkv)?;
+        let q = apply_rope(&q, cos, sin, differentiable)?;
+        let k = apply_rope(&k, cos, sin, differentiable)?;
+
+        let (k, v) = match kv {
+            Kv::Cached {
+                k: kc,
+                v: vc,
+                offset,
+            } => {
+                // In-place append: no re-concatenation per token.
+                kc.slice_set(&k.contiguous()?, 2, offset)?;
+                vc.slice_set(&v, 2, offset)?;
+                (
+                    kc.narrow(2, 0, offset + seq)?,
+                    vc.narrow(2, 0, offset + seq)?,
+                )
+            }
+            Kv::Fresh => (k, v),
+        };
+        let kv_len = k.dim(2)?;
+
+        // GQA without copying K/V per query head: query head h uses kv head h / group, so
+        // [b, nh, seq, hd] regroups to [b, nkv, group·seq, hd] with a free reshape.
+        let group = nh / nkv;
+        let q = q.reshape((b, nkv, group * seq, hd))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        // Softmax in f32, as transformers does.
+        let mut scores = scores
+            .reshape((b, nkv, group, seq, kv_len))?
+            .to_dtype(DType::F32)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = if differentiable {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let probs = probs
+            .to_dtype(v.dtype())?
+            .reshape((b, nkv, group * seq, kv_len))?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, nh, seq, hd))?
+            .transpose(1, 2)?
+            .reshape((b, seq, nh * hd))?;
+        self.o.forward(&out, slot(Target::O))
+    }
+}
+
+/// SwiGLU feed-forward (Shazeer 2020): `down(silu(gate(x)) · up(x))`.
+#[derive(Debug, Clone)]
+pub(crate) struct Mlp {
+    pub(crate) gate: Proj,
+    pub(crate) up: Proj,
+    pub(crate) down: Proj,
+}
+
+impl Mlp {
+    fn load(vb: &VarBuilder, cfg: &Config) -> Result<Self> {
+        let proj = |t: Target, name: &str| {
+            let (din, dout) = cfg.projection_dims(t);
+            Proj::load(&vb.pp(name), din, dout)
+        };
+        Ok(Mlp {
+            gate: proj(Target::Gate, "gate_proj")?,
+            up: proj(Target::Up, "up_proj")?,
+            down: proj(Target::Down, "down_proj")?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, lora: Option<&LayerAdapter>) -> Result<Tensor> {
+        let slot = |t| lora.and_then(|l| l.get(t));
+        let gate = self.gate.forward(x, slot(Target::Gate))?.silu()?;
+        let up = self.up.forward(x, slot(Target::Up))?;
+        self.down.forward(&(gate * up)?, slot(Target::Down))
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    pub(crate) input_norm: Tensor,
+    pub(crate) attn: Attention,
+    pub(crate) post_norm: Tensor,
+    pub(crate) mlp: Mlp,
+}
+
+impl Layer {
+    fn load(vb: &VarBuilder, cfg: &Config) -> Result<Self> {
+        let norm = |name: &str| {
+            vb.pp(name)
+                .get_with_hints(cfg.hidden_size, "weight", Init::Const(1.0))
+        };
+        Ok(Layer {
+            input_norm: norm("input_layernorm")?,
+            attn: Attention::load(&vb.pp("self_attn"), cfg)?,
+            post_norm: norm("post_attention_layernorm")?,
+            mlp: Mlp::load(&vb.pp("mlp"), cfg)?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model
+// ---------------------------------------------------------------------------------------------
+
+/// Which positions to compute logits for.
+#[derive(Clone, Copy, PartialEq)]
+enum Logits {
+    All,
+    Last,
+}
+
+/// A Llama-family causal language model with immutable weights.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub(crate) cfg: Config,
+    pub(crate) embed: Tensor,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Tensor,
+    /// `None` when tied to `embed`.
+    pub(crate) lm_head: Option<Tensor>,
+    rope: Rope,
+    pub(crate) dtype: DType,
+    pub(crate) device: Device,
+}
+
+impl Model {
+    /// Builds the model from a `VarBuilder` whose names follow transformers'
+    /// `LlamaForCausalLM` (`model.layers.N.self_attn.q_proj.weight`, …). The builder's dtype is
+    /// the compute dtype. A `VarMap`-backed builder creates trainable weights (random normal
+    /// init, std 0.02; norms at 1) for names it does not hold.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let dtype = vb.dtype();
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(UsageError::ComputeDtype(dtype).into());
+        }
+        let device = vb.device().clone();
+        let m = vb.pp("model");
+        let embed = m.pp("embed_tokens").get_with_hints(
+            (cfg.vocab_size, cfg.hidden_size),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: INIT_STD,
+            },
+        )?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(&m.pp("layers").pp(i), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = m
+            .pp("norm")
+            .get_with_hints(cfg.hidden_size, "weight", Init::Const(1.0))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(vb.pp("lm_head").get_with_hints(
+                (cfg.vocab_size, cfg.hidden_size),
+                "weight",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: INIT_STD,
+                },
+            )?)
+        };
+        Ok(Model {
+            rope: Rope::new(cfg, dtype, &device)?,
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            dtype,
+            device,
+        })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Inference forward pass over `tokens` (`[batch, seq]`, u32), appending to `cache`.
+    /// Returns f32 logits `[batch, seq, vocab]`.
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        adapter: Option<&Adapter>,
+        cache: &mut Cache,
+    ) -> Result<Tensor> {
+        self.forward_cached(tokens, adapter, cache, Logits::All)
+    }
+
+    /// Like [`Model::forward`] but computes logits only for the last position: `[batch, vocab]`.
+    /// This is what generation needs, and it skips most of the output projection.
+    pub fn forward_last(
+        &self,
+        tokens: &Tensor,
+        adapter: Option<&Adapter>,
+        cache: &mut Cache,
+    ) -> Result<Tensor> {
+        self.forward_cached(tokens, adapter, cache, Logits::Last)
+    }
+
+    /// Runs a batch of prompts of different lengths through an empty `cache` (left-padded, see
+    /// the module docs). Returns f32 logits `[batch, longest, vocab]`; sequence `b`'s real
+    /// tokens are at positions `longest - len(b)..`, so every sequence's last token is at the
+    /// last position.
+    pub fn prefill_batch(
+        &self,
+        prompts: &[&[u32]],
+        adapter: Option<&Adapter>,
+        cache: &mut Cache,
+    ) -> Result<Tensor> {
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
+            return Err(UsageError::Empty("every prompt in a batch needs a token").into());
+        }
+        let mut ids = Vec::with_capacity(prompts.len() * longest);
+        let mut pad = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            self.check_ids(p)?;
+            pad.push(longest - p.len());
+            ids.extend(std::iter::repeat_n(0u32, longest - p.len()));
+            ids.extend_from_slice(p);
+        }
+        cache.set_left_padding(&pad)?;
+        let tokens = Tensor::from_vec(ids, (prompts.len(), longest), &self.device)?;
+        self.forward(&tokens, adapter, cache)
+    }
+
+    /// Full-sequence causal forward for training: no cache, no in-place ops, differentiable by
+    /// `candle_core::backprop`. `input_ids`: `[batch, seq]` u32. Returns logits
+    /// `[batch, seq, vocab]` in the compute dtype.
+    pub fn forward_train(&self, input_ids: &Tensor, adapter: Option<&Adapter>) -> Result<Tensor> {
+        let (_, seq) = input_ids.dims2()?;
+        if seq == 0 {
+            return Err(UsageError::Empty("training input has no tokens").into());
+        }
+        if seq > self.cfg.max_position_embeddings {
+            return Err(UsageError::CacheFull {
+                used: 0,
+                capacity: self.cfg.max_position_embeddings,
+                requested: seq,
+            }
+            .into());
+        }
+        let (cos, sin) = self
+            .rope
+            .select(&Positions::Shared { start: 0, len: seq })?;
+        let mask: Vec<f32> = (0..seq)
+            .flat_map(|i| (0..seq).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, 1, 1, seq, seq), &self.device)?;
+        let mut x = self.embed(input_ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward(
+                layer,
+                &x,
+                (&cos, &sin),
+                Some(&mask),
+                Kv::Fresh,
+                adapter.map(|a| a.layer(i)),
+                true,
+            )?;
+        }
+        let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, true)?;
+        self.output(&x)
+    }
+
+    fn forward_cached(
+        &self,
+        tokens: &Tensor,
+        adapter: Option<&Adapter>,
+        cache: &mut Cache,
+        logits: Logits,
+    ) -> Result<Tensor> {
+        let (b, seq) = tokens.dims2()?;
+        if b != cache.batch() {
+            return Err(UsageError::BatchMismatch {
+                input: b,
+                cache: cache.batch(),
+            }
+            .into());
+        }
+        if seq == 0 {
+            return Err(UsageError::Empty("forward needs at least one token").into());
+        }
+        if cache.len + seq > cache.capacity {
+            return Err(UsageError::CacheFull {
+                used: cache.len,
+                capacity: cache.capacity,
+                requested: seq,
+            }
+            .into());
+        }
+        let (cos, sin) = self.rope.select(&cache.positions(seq, &self.device)?)?;
+        let mask = cache.mask(seq, &self.device)?;
+        let offset = cache.len;
+        let mut x = self.embed(tokens)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (k, v) = &cache.kv[i];
+            x = self.layer_forward(
+                layer,
+                &x,
+                (&cos, &sin),
+                mask.as_ref(),
+                Kv::Cached { k, v, offset },
+                adapter.map(|a| a.layer(i)),
+                false,
+            )?;
+        }
+        cache.len += seq;
+        let x = match logits {
+            Logits::All => x,
+            Logits::Last => x.narrow(1, seq - 1, 1)?,
+        };
+        let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, false)?;
+        let out = self.output(&x)?.to_dtype(DType::F32)?;
+        match logits {
+            Logits::All => Ok(out),
+            Logits::Last => Ok(out.squeeze(1)?),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        mask: Option<&Tensor>,
+        kv: Kv<'_>,
+        lora: Option<&LayerAdapter>,
+        differentiable: bool,
+    ) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        let h = rms_norm(x, &layer.input_norm, eps, differentiable)?;
+        let h = layer
+            .attn
+            .forward(&h, cos, sin, mask, kv, lora, differentiable)?;
+        let x = (x + h)?;
+        let h = rms_norm(&x, &layer.post_norm, eps, differentiable)?;
+        let h = layer.mlp.forward(&h, lora)?;
+        Ok((x + h)?)
+    }
+
+    fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, seq) = tokens.dims2()?;
+        let flat = tokens.flatten_all()?;
+        Ok(self
+            .embed
+            .index_select(&flat, 0)?
+            .reshape((b, seq, self.cfg.hidden_size))?)
+    }
+
+    fn output(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Proj { weight: w.clone() }.forward(x, None)
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            Some(&id) => Err(UsageError::TokenOutOfRange {
+                id,
+                vocab: self.cfg.vocab_size,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Converts token ids to a `[1, n]` tensor after checking they are in the vocabulary.
+    pub fn tokens_tensor(&self, ids: &[u32]) -> Result<Tensor> {
+        self.check_ids(ids)?;
+        Ok(Tensor::from_slice(ids, (1, ids.len()), &self.device)?)
+    }
+
+    /// Every weight with its transformers name (tied output projection not repeated).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), l.input_norm.clone()));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_norm.clone(),
+            ));
+            for t in Target::ALL {
+                out.push((
+                    format!("{p}.{}.weight", t.module_path()),
+                    l.proj(t).weight.clone(),
+                ));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.clone()));
+        }
+        out
+    }
+
+    /// Bytes of all weights in the compute dtype.
+    pub fn weight_bytes(&self) -> usize {
+        self.named_tensors()
+            .iter()
+            .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// A copy of this model with `adapter` folded into the weights (`W + scale·B·A`), for
+    /// serving one adapter at full speed. Untouched weights are shared, not copied.
+    pub fn merge_adapter(&self, adapter: &Adapter) -> Result<Model> {
+        adapter.check_fits(&self.cfg)?;
+        let mut merged = self.clone();
+        for (i, layer) in merged.layers.iter_mut().enumerate() {
+            for t in Target::ALL {
+                if let Some(l) = adapter.layer(i).get(t) {
+                    let p = layer.proj_mut(t);
+                    let w = p.weight.to_dtype(DType::F32)?;
+                    let delta =
+                        l.b.to_dtype(DType::F32)?
+                            .matmul(&l.a.to_dtype(DType::F32)?)?
+                            .affine(l.scale, 0.0)?;
+                    p.weight = (w + delta)?.to_dtype(self.dtype)?;
+                }
+            }
+        }
+        Ok(merged)
+    }
+}
+
+impl Layer {
+    pub(crate) fn proj(&self, t: Target) -> &Proj {
+        match t {
+            Target::Q => &self.attn.q,
+            Target::K => &self.attn.k,
+            Target::V => &self.attn.v,
+            Target::O => &self.attn.o,
+            Target::Gate => &self.mlp.gate,
+            Target::Up => &self.mlp.up,
+            Target::Down => &self.mlp.down,
+        }
+    }
+
+    fn proj_mut(&mut self, t: Target) -> &mut Proj {
+        match t {
+            Target::Q => &mut self.attn.q,
+            Target::K => &mut self.attn.k,
+            Target::V => &mut self.attn.v,
+            Target::O => &mut self.attn.o,
+            Target::Gate => &mut self.mlp.gate,
+            Target::Up => &mut self.mlp.up,
+            Target::Down => &mut self.mlp.down,
+        }
+    }
+}

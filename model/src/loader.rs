@@ -1,0 +1,383 @@
+//! Loading (and saving) model and adapter directories in the Hugging Face / PEFT layouts.
+//!
+//! Everything is checked before any weight is built: the config, every safetensors header
+//! against its file length, the sharded index, and every tensor's presence, shape and dtype
+//! against what the config implies. Only the paths handed in are read (or, for `save_*`,
+//! written).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::digest::{AdapterDigest, ModelDigest, digest_files};
+use crate::error::{AdapterError, Error, LoadError, Result, UsageError};
+use crate::llama::Model;
+use crate::lora::{Adapter, AdapterConfig};
+use crate::tokenizer::Tokenizer;
+use crate::weights::{self, SafetensorsFile};
+
+/// File names of the Hugging Face layout.
+pub const CONFIG_FILE: &str = "config.json";
+/// Tokenizer file name.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// Sharded-weights index file name.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// Single-file weights name (what `save_pretrained` writes).
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// PEFT adapter config file name.
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+/// PEFT adapter weights file name.
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// A loaded model directory: weights, tokenizer and content digest.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    /// The model.
+    pub model: Model,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// SHA-256 over its files (see [`crate::digest`]).
+    pub digest: ModelDigest,
+    /// Dtype(s) the weights were stored in.
+    pub stored_dtypes: BTreeSet<String>,
+    /// Bytes of the weight files on disk.
+    pub file_bytes: u64,
+}
+
+/// A loaded adapter directory.
+#[derive(Debug, Clone)]
+pub struct LoadedAdapter {
+    /// The adapter.
+    pub adapter: Adapter,
+    /// SHA-256 over its files.
+    pub digest: AdapterDigest,
+}
+
+fn read(path: &Path) -> std::result::Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Finds the weight shards of `dir`: the files named by the index if there is one, otherwise
+/// every `*.safetensors` file, sorted.
+fn weight_files(dir: &Path) -> std::result::Result<(Vec<PathBuf>, Option<PathBuf>), LoadError> {
+    let index = dir.join(INDEX_FILE);
+    if index.is_file() {
+        let bad = |reason: String| LoadError::Index {
+            path: index.clone(),
+            reason,
+        };
+        let v: Value = serde_json::from_slice(&read(&index)?)
+            .map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad("no `weight_map` object".into()))?;
+        let mut shards = BTreeSet::new();
+        for (name, file) in map {
+            let file = file
+                .as_str()
+                .ok_or_else(|| bad(format!("entry `{name}` is not a file name")))?;
+            // Shards must be plain file names inside `dir`: no path traversal.
+            if file.is_empty() || file.contains(['/', '\\']) || file == ".." || file == "." {
+                return Err(bad(format!(
+                    "entry `{name}` names `{file}`, not a plain file name"
+                )));
+            }
+            shards.insert(file.to_string());
+        }
+        let files: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            return Err(bad(format!("shard {} does not exist", missing.display())));
+        }
+        return Ok((files, Some(index)));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(LoadError::NoWeights {
+            dir: dir.to_owned(),
+        });
+    }
+    Ok((files, None))
+}
+
+/// Whether a checkpoint tensor the config does not use may be ignored.
+fn ignorable(name: &str, cfg: &Config) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || (cfg.tie_word_embeddings && name == "lm_head.weight")
+}
+
+/// Checks `available` (name → (shape, dtype)) against what `expected` requires, in the order of
+/// `expected`, so the first problem reported is stable.
+fn check_tensors(
+    expected: &[(String, Vec<usize>)],
+    available: &HashMap<String, (Vec<usize>, String, bool)>,
+) -> std::result::Result<(), LoadError> {
+    for (name, shape) in expected {
+        let (actual, dtype, ok_dtype) = available
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor { name: name.clone() })?;
+        if actual != shape {
+            return Err(LoadError::WrongShape {
+                name: name.clone(),
+                expected: shape.clone(),
+                actual: actual.clone(),
+            });
+        }
+        if !ok_dtype {
+            return Err(LoadError::WrongDtype {
+                name: name.clone(),
+                dtype: dtype.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Loads a model directory (`config.json`, `*.safetensors` or a sharded index,
+/// `tokenizer.json`) with weights converted to `dtype` (F32, F16 or BF16) on `device`.
+pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(UsageError::ComputeDtype(dtype).into());
+    }
+    // 1. Config.
+    let config_path = dir.join(CONFIG_FILE);
+    let cfg = Config::from_json(&read(&config_path)?, &config_path)?;
+
+    // 2. Tokenizer, and its agreement with the config.
+    let tok_path = dir.join(TOKENIZER_FILE);
+    if !tok_path.is_file() {
+        return Err(LoadError::TokenizerMissing { path: tok_path }.into());
+    }
+    let tokenizer = Tokenizer::from_bytes(&read(&tok_path)?, &tok_path)?;
+    if tokenizer.vocab_size() > cfg.vocab_size {
+        return Err(LoadError::ConfigMismatch {
+            reason: format!(
+                "tokenizer.json has {} tokens but config.json vocab_size is {}",
+                tokenizer.vocab_size(),
+                cfg.vocab_size
+            ),
+        }
+        .into());
+    }
+
+    // 3. Weight headers: every shard parsed and checked against its length.
+    let (shards, index) = weight_files(dir)?;
+    let mut files: Vec<SafetensorsFile> = shards
+        .iter()
+        .map(|p| SafetensorsFile::open(p))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut location: HashMap<String, usize> = HashMap::new();
+    let mut available = HashMap::new();
+    for (i, f) in files.iter().enumerate() {
+        for (name, e) in &f.entries {
+            if location.insert(name.clone(), i).is_some() {
+                return Err(LoadError::Safetensors {
+                    path: f.path.clone(),
+                    reason: format!("tensor `{name}` appears in more than one shard"),
+                }
+                .into());
+            }
+            available.insert(
+                name.clone(),
+                (e.shape.clone(), e.dtype.clone(), e.weight_dtype().is_some()),
+            );
+        }
+    }
+
+    // 4. Tensors against the config: presence, shape, dtype, and nothing unexplained.
+    let expected = cfg.expected_tensors();
+    check_tensors(&expected, &available)?;
+    let wanted: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let mut extra: Vec<&String> = available
+        .keys()
+        .filter(|n| !wanted.contains(n.as_str()) && !ignorable(n, &cfg))
+        .collect();
+    extra.sort();
+    if let Some(name) = extra.first() {
+        return Err(LoadError::ConfigMismatch {
+            reason: format!(
+                "the checkpoint has tensor `{name}` that config.json does not describe (num_hidden_layers = {}, tie_word_embeddings = {}){}",
+                cfg.num_hidden_layers,
+                cfg.tie_word_embeddings,
+                if extra.len() > 1 {
+                    format!(" and {} more", extra.len() - 1)
+                } else {
+                    String::new()
+                }
+            ),
+        }
+        .into());
+    }
+
+    // 5. Read and convert, one tensor at a time.
+    let mut tensors = HashMap::with_capacity(expected.len());
+    let mut stored_dtypes = BTreeSet::new();
+    for (name, _) in &expected {
+        let f = &mut files[location[name]];
+        stored_dtypes.insert(f.entries[name].dtype.clone());
+        tensors.insert(name.clone(), f.read(name, dtype, device)?);
+    }
+    drop(files);
+    let model = Model::new(&cfg, VarBuilder::from_tensors(tensors, dtype, device))?;
+
+    // 6. Digest over exactly the files read.
+    let mut digest_set = vec![config_path, tok_path];
+    digest_set.extend(index);
+    let file_bytes = shards
+        .iter()
+        .map(|p| p.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    digest_set.extend(shards);
+    let digest = ModelDigest(digest_files(&digest_set).map_err(|source| LoadError::Io {
+        path: dir.to_owned(),
+        source,
+    })?);
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        digest,
+        stored_dtypes,
+        file_bytes,
+    })
+}
+
+/// Loads a PEFT adapter directory for the base architecture `base`, in `dtype` on `device`.
+/// An adapter made for another base (different widths or more layers) is an
+/// [`AdapterError::BaseMismatch`].
+pub fn load_adapter(
+    dir: &Path,
+    base: &Config,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedAdapter> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AdapterError::Io { path, source }
+    };
+    let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
+    let cfg_bytes = std::fs::read(&cfg_path).map_err(io(&cfg_path))?;
+    let config = AdapterConfig::from_json(&cfg_bytes, &cfg_path)?;
+    let w_path = dir.join(ADAPTER_WEIGHTS_FILE);
+    let w_bytes = std::fs::read(&w_path).map_err(io(&w_path))?;
+    let header = weights::parse_header(&w_bytes, w_bytes.len() as u64, &w_path)
+        .map_err(AdapterError::from)?;
+
+    let expected = Adapter::expected_tensors(&config, base);
+    let wanted: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let mut extra: Vec<&String> = header
+        .keys()
+        .filter(|n| !wanted.contains(n.as_str()))
+        .collect();
+    extra.sort();
+    if let Some(name) = extra.first() {
+        return Err(AdapterError::UnexpectedTensor {
+            name: (*name).clone(),
+        }
+        .into());
+    }
+    let mut tensors = HashMap::with_capacity(expected.len());
+    for (name, shape) in &expected {
+        let e = header
+            .get(name)
+            .ok_or_else(|| AdapterError::MissingTensor { name: name.clone() })?;
+        if e.shape != *shape {
+            // The rank is the adapter's own business; the other dimension is the base's.
+            let is_a = name.ends_with("lora_A.weight");
+            let rank_ok = if is_a {
+                e.shape.first() == shape.first()
+            } else {
+                e.shape.get(1) == shape.get(1)
+            };
+            if rank_ok && e.shape.len() == 2 {
+                return Err(AdapterError::BaseMismatch {
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    actual: e.shape.clone(),
+                }
+                .into());
+            }
+            return Err(AdapterError::Config {
+                path: cfg_path,
+                reason: format!(
+                    "tensor `{name}` has shape {:?} but the config's rank implies {shape:?}",
+                    e.shape
+                ),
+            }
+            .into());
+        }
+        let data = &w_bytes[e.start as usize..e.end as usize];
+        tensors.insert(
+            name.clone(),
+            weights::tensor_from_bytes(name, e, data, dtype, device).map_err(AdapterError::from)?,
+        );
+    }
+    let adapter = Adapter::new(
+        config,
+        base,
+        VarBuilder::from_tensors(tensors, dtype, device),
+    )?;
+    let digest = AdapterDigest(digest_files(&[cfg_path, w_path.clone()]).map_err(|source| {
+        AdapterError::Io {
+            path: dir.to_owned(),
+            source,
+        }
+    })?);
+    Ok(LoadedAdapter { adapter, digest })
+}
+
+fn write(path: PathBuf, bytes: &[u8]) -> Result<()> {
+    std::fs::write(&path, bytes).map_err(|source| Error::Write { path, source })
+}
+
+fn json_bytes(v: &Value) -> Vec<u8> {
+    // Serializing a `Value` cannot fail.
+    serde_json::to_vec_pretty(v).unwrap_or_default()
+}
+
+fn tensor_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    Ok(weights::to_bytes(tensors)?)
+}
+
+impl Model {
+    /// Writes `config.json` and `model.safetensors` (transformers layout, current dtype) into
+    /// the existing directory `dir`. A tokenizer is not written; copy `tokenizer.json` alongside.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        write(
+            dir.join(CONFIG_FILE),
+            &json_bytes(&self.config().to_hf_json()),
+        )?;
+        write(
+            dir.join(WEIGHTS_FILE),
+            &tensor_bytes(&self.named_tensors())?,
+        )
+    }
+}
+
+impl Adapter {
+    /// Writes `adapter_config.json` and `adapter_model.safetensors` (PEFT layout) into the
+    /// existing directory `dir`.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        write(
+            dir.join(ADAPTER_CONFIG_FILE),
+            &json_bytes(&self.config().to_peft_json()),
+        )?;
+        write(
+            dir.join(ADAPTER_WEIGHTS_FILE),
+            &tensor_bytes(&self.named_tensors())?,
+        )
+    }
+}

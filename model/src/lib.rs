@@ -47,6 +47,7 @@ pub mod llama;
 pub mod loader;
 pub mod lora;
 pub mod sampling;
+pub mod tasks;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -181,6 +181,21 @@ impl AdapterConfig {
             ));
         }
 
+        for key in [
+            "exclude_modules",
+            "layer_replication",
+            "target_parameters",
+            "trainable_token_indices",
+            "alora_invocation_tokens",
+        ] {
+            if get(key).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
+                return Err(unsupported(format!("`{key}` is not supported")));
+            }
+        }
+        if get("lora_bias").and_then(Value::as_bool) == Some(true) {
+            return Err(unsupported("lora_bias is not supported".into()));
+        }
+
         let uint = |v: &Value, what: &str| {
             v.as_u64()
                 .map(|n| n as usize)

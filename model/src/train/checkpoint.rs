@@ -96,7 +96,9 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
 
 /// Restores weights, optimizer moments and counters from `dir` into `trainer`, which must have
 /// been built with the same variables. The checkpoint's `TrainConfig` replaces the trainer's,
-/// except `schedule.total_steps`, which the caller may extend. Returns the stored metadata.
+/// except `schedule.total_steps`: the caller's value is kept, so a run can be lengthened or
+/// shortened on resume (the cosine then continues on the new length). Returns the stored
+/// metadata.
 pub fn load(dir: &Path, trainer: &mut Trainer) -> Result<Value> {
     let state = read_state(dir)?;
     let device = trainer
@@ -133,7 +135,7 @@ pub fn load(dir: &Path, trainer: &mut Trainer) -> Result<Value> {
     trainer.tokens_seen = state.tokens_seen;
     let total = trainer.config.schedule.total_steps;
     trainer.config = state.config;
-    trainer.config.schedule.total_steps = total.max(trainer.config.schedule.total_steps);
+    trainer.config.schedule.total_steps = total;
     Ok(state.meta)
 }
 

@@ -13,6 +13,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod grow;
 pub mod optim;
 pub mod rng;
 pub mod schedule;

@@ -1,0 +1,79 @@
+//! Shared helpers for the integration tests (fixtures made by `scripts/make_fixtures.py`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+use tandem_model::{LoadedAdapter, LoadedModel, load_adapter, load_model};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+#[derive(Deserialize)]
+pub struct Reference {
+    pub prompts: Vec<String>,
+    pub encodings: Vec<Vec<u32>>,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+pub struct Case {
+    pub model: String,
+    pub adapter: Option<String>,
+    pub prompt: usize,
+    pub logits: String,
+    pub greedy: Vec<u32>,
+}
+
+pub fn reference() -> Reference {
+    let bytes = std::fs::read(fixtures().join("reference.json")).expect("reference.json");
+    serde_json::from_slice(&bytes).expect("reference.json parses")
+}
+
+pub fn reference_logits(key: &str) -> Tensor {
+    let bytes = std::fs::read(fixtures().join("reference.safetensors")).expect("reference");
+    let mut all = tandem_model::weights::load_from_bytes(
+        &bytes,
+        Path::new("reference.safetensors"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .expect("reference tensors");
+    all.remove(key).expect("reference key")
+}
+
+pub fn model(name: &str, dtype: DType) -> LoadedModel {
+    load_model(&fixtures().join(name), dtype, &Device::Cpu).expect("fixture model loads")
+}
+
+pub fn adapter(name: &str, m: &LoadedModel) -> LoadedAdapter {
+    load_adapter(
+        &fixtures().join(name),
+        m.model.config(),
+        m.model.dtype(),
+        &Device::Cpu,
+    )
+    .expect("fixture adapter loads")
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_dtype(DType::F32))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("diff")
+}
+
+/// Copies a fixture directory into a fresh temp dir for tampering.
+pub fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for e in std::fs::read_dir(fixtures().join(name)).expect("fixture dir") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).expect("copy");
+    }
+    dir
+}

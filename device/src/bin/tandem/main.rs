@@ -1,5 +1,6 @@
 //! `tandem`: the Tandem command line.
 
+mod eval_cmd;
 mod train_cmd;
 
 use anyhow::Result;
@@ -17,6 +18,9 @@ enum Top {
     /// Model tools: training the embedded models.
     #[command(subcommand)]
     Model(ModelCmd),
+    /// Evaluation: perplexity, task adapters.
+    #[command(subcommand)]
+    Eval(eval_cmd::EvalCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,11 +29,15 @@ enum ModelCmd {
     TrainTokenizer(train_cmd::TrainTokenizerArgs),
     /// Pre-train a base model (AdamW, warm-up + cosine, checkpoints, resume).
     Train(train_cmd::TrainArgs),
+    /// Train a LoRA task adapter on a frozen base model.
+    TrainAdapter(train_cmd::TrainAdapterArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Top::Model(ModelCmd::TrainTokenizer(a)) => train_cmd::train_tokenizer(&a),
         Top::Model(ModelCmd::Train(a)) => train_cmd::train(&a),
+        Top::Model(ModelCmd::TrainAdapter(a)) => train_cmd::train_adapter(&a),
+        Top::Eval(c) => eval_cmd::run(&c),
     }
 }

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tandem_model::train::checkpoint;
 use tandem_model::train::data::{TokenStream, split_documents};
+use tandem_model::train::grow::grow_depth;
 use tandem_model::train::optim::AdamWParams;
 use tandem_model::train::schedule::CosineSchedule;
 use tandem_model::train::tokenizer::{EOT, train_bpe};
@@ -61,10 +62,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Sequences per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Tokens per sequence (at most the config's context).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 128)]
     pub seq_len: usize,
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-3)]
@@ -78,6 +79,14 @@ pub struct TrainArgs {
     /// Held-out text to report loss on at each checkpoint.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
+    /// Initialise from a trained model directory of the same width; a shallower model is grown
+    /// to this config's depth with function-preserving identity blocks (see
+    /// `tandem_model::train::grow`).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// Dtype of the exported weights in OUT/model (`f32` or `f16`).
+    #[arg(long, default_value = "f32")]
+    pub export_dtype: String,
     /// Stop after this many steps in this invocation (the schedule still spans --steps).
     #[arg(long)]
     pub max_steps_now: Option<u64>,
@@ -88,8 +97,9 @@ pub fn preset(name: &str, vocab: usize) -> Option<Config> {
     let (hidden, layers, heads, kv, inter) = match name {
         // ≈ 4.0 M parameters with a 4096 vocabulary.
         "device" => (256, 4, 4, 2, 688),
-        // ≈ 4x the device model.
-        "server" => (384, 8, 6, 2, 1024),
+        // ≈ 12.7 M parameters, 3.2x the device model: the same width, four times the depth, so
+        // it can be grown from a trained device model (`--init-from`).
+        "server" => (256, 16, 4, 2, 688),
         _ => return None,
     };
     Some(Config {
@@ -130,27 +140,41 @@ pub fn ensure_threads(threads: Option<usize>) -> Result<()> {
 }
 
 pub fn train_tokenizer(a: &TrainTokenizerArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.corpus).with_context(|| format!("reading {}", a.corpus.display()))?;
+    let text = std::fs::read_to_string(&a.corpus)
+        .with_context(|| format!("reading {}", a.corpus.display()))?;
     let docs = split_documents(&text);
     if docs.is_empty() {
         bail!("{} holds no text", a.corpus.display());
     }
-    let spinner = ProgressBar::new_spinner().with_message(format!("training BPE on {} documents", docs.len()));
+    let spinner = ProgressBar::new_spinner()
+        .with_message(format!("training BPE on {} documents", docs.len()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let json = train_bpe(docs.iter().copied(), a.vocab_size)?;
     spinner.finish_and_clear();
     std::fs::write(&a.out, &json).with_context(|| format!("writing {}", a.out.display()))?;
     let tk = Tokenizer::from_bytes(json.as_bytes(), &a.out)?;
-    println!("wrote {} (vocabulary {}, {EOT} = {:?})", a.out.display(), tk.vocab_size(), tk.token_to_id(EOT));
+    println!(
+        "wrote {} (vocabulary {}, {EOT} = {:?})",
+        a.out.display(),
+        tk.vocab_size(),
+        tk.token_to_id(EOT)
+    );
     Ok(())
 }
 
 /// Tokenizes `path` once and caches the ids next to it (`PATH.<tokenizer digest>.u16`).
-pub fn load_tokens(path: &Path, tokenizer: &Tokenizer, tokenizer_bytes: &[u8]) -> Result<TokenStream> {
+pub fn load_tokens(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    tokenizer_bytes: &[u8],
+) -> Result<TokenStream> {
     // FNV-1a of the tokenizer file: a cache key, not a security check.
     let digest = format!(
         "{:016x}",
-        tokenizer_bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+        tokenizer_bytes
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b))
+                .wrapping_mul(0x0000_0100_0000_01b3))
     );
     let cache = PathBuf::from(format!("{}.{digest}.u16", path.display()));
     let vocab = tokenizer.vocab_size();
@@ -162,9 +186,12 @@ pub fn load_tokens(path: &Path, tokenizer: &Tokenizer, tokenizer_bytes: &[u8]) -
             return Ok(TokenStream::from_u16_le(&bytes, vocab)?);
         }
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let docs = split_documents(&text);
-    let eos = tokenizer.token_to_id(EOT).with_context(|| format!("the tokenizer has no {EOT} token"))?;
+    let eos = tokenizer
+        .token_to_id(EOT)
+        .with_context(|| format!("the tokenizer has no {EOT} token"))?;
     let bar = ProgressBar::new(docs.len() as u64).with_style(
         ProgressStyle::with_template("tokenizing {bar:30} {pos}/{len} documents {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -181,6 +208,16 @@ pub fn load_tokens(path: &Path, tokenizer: &Tokenizer, tokenizer_bytes: &[u8]) -
     Ok(stream)
 }
 
+/// Prints above the progress bar, or plainly when the bar is hidden (output not a terminal,
+/// e.g. a background run logging to a file).
+pub fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta_precise}",
@@ -189,7 +226,11 @@ fn bar_style() -> ProgressStyle {
 }
 
 /// Mean next-token loss over `windows` (each `seq_len + 1` tokens), batched by 8.
-pub fn eval_loss(model: &Model, windows: &[&[u32]], adapter: Option<&tandem_model::Adapter>) -> Result<f64> {
+pub fn eval_loss(
+    model: &Model,
+    windows: &[&[u32]],
+    adapter: Option<&tandem_model::Adapter>,
+) -> Result<f64> {
     let mut total = 0.0;
     let mut count = 0usize;
     for chunk in windows.chunks(8) {
@@ -213,24 +254,47 @@ pub fn eval_loss(model: &Model, windows: &[&[u32]], adapter: Option<&tandem_mode
     Ok(total / count as f64)
 }
 
+fn export_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        other => bail!("--export-dtype {other}: use f32 or f16"),
+    }
+}
+
 pub fn train(a: &TrainArgs) -> Result<()> {
+    export_dtype(&a.export_dtype)?;
     ensure_threads(a.threads)?;
     let dev = Device::Cpu;
-    let tok_bytes = std::fs::read(&a.tokenizer).with_context(|| format!("reading {}", a.tokenizer.display()))?;
+    let tok_bytes = std::fs::read(&a.tokenizer)
+        .with_context(|| format!("reading {}", a.tokenizer.display()))?;
     let tokenizer = Tokenizer::from_bytes(&tok_bytes, &a.tokenizer)?;
     let cfg = match preset(&a.config, tokenizer.vocab_size()) {
         Some(c) => c,
         None => {
             let p = Path::new(&a.config);
-            let bytes = std::fs::read(p).with_context(|| format!("--config {}: not `device`, `server` or a readable config.json", a.config))?;
+            let bytes = std::fs::read(p).with_context(|| {
+                format!(
+                    "--config {}: not `device`, `server` or a readable config.json",
+                    a.config
+                )
+            })?;
             Config::from_json(&bytes, p)?
         }
     };
     if cfg.vocab_size != tokenizer.vocab_size() {
-        bail!("config vocabulary {} differs from the tokenizer's {}", cfg.vocab_size, tokenizer.vocab_size());
+        bail!(
+            "config vocabulary {} differs from the tokenizer's {}",
+            cfg.vocab_size,
+            tokenizer.vocab_size()
+        );
     }
     if a.seq_len > cfg.max_position_embeddings {
-        bail!("--seq-len {} exceeds the model context {}", a.seq_len, cfg.max_position_embeddings);
+        bail!(
+            "--seq-len {} exceeds the model context {}",
+            a.seq_len,
+            cfg.max_position_embeddings
+        );
     }
     let stream = load_tokens(&a.data, &tokenizer, &tok_bytes)?;
     let eval = match &a.eval_data {
@@ -239,19 +303,60 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     };
 
     let varmap = VarMap::new();
+    let mut init_note = format!("random (seed {})", a.seed);
+    if let Some(src) = &a.init_from {
+        let loaded = tandem_model::load_model(src, DType::F32, &dev)?;
+        let sc = loaded.model.config();
+        let factor = cfg.num_hidden_layers / sc.num_hidden_layers.max(1);
+        let same_width = Config {
+            num_hidden_layers: cfg.num_hidden_layers,
+            ..sc.clone()
+        } == cfg;
+        if !same_width || factor == 0 || factor * sc.num_hidden_layers != cfg.num_hidden_layers {
+            bail!(
+                "--init-from {}: its config must equal this one except for a depth that divides {}",
+                src.display(),
+                cfg.num_hidden_layers
+            );
+        }
+        let named = grow_depth(&loaded.model.named_tensors(), sc.num_hidden_layers, factor)?;
+        // Pre-fill the VarMap: `Model::new` then picks these up instead of creating new vars.
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
+        for (n, t) in named {
+            data.insert(n, candle_core::Var::from_tensor(&t)?);
+        }
+        drop(data);
+        init_note = format!("{} ({}) grown x{factor}", src.display(), loaded.digest);
+    }
     let model = Model::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
-    let vars: Vec<_> = varmap.data().lock().map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let vars: Vec<_> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let tc = TrainConfig {
         seed: a.seed,
         batch_size: a.batch,
         seq_len: a.seq_len,
-        schedule: CosineSchedule { peak_lr: a.lr, min_lr: a.lr / 10.0, warmup_steps: a.warmup, total_steps: a.steps },
+        schedule: CosineSchedule {
+            peak_lr: a.lr,
+            min_lr: a.lr / 10.0,
+            warmup_steps: a.warmup,
+            total_steps: a.steps,
+        },
         adamw: AdamWParams::default(),
         grad_clip: 1.0,
     };
     let mut trainer = Trainer::new(vars, tc)?;
-    init_deterministic(trainer.vars(), a.seed, cfg.num_hidden_layers)?;
-    let meta = json!({ "model_config": cfg.to_hf_json(), "data": a.data.display().to_string() });
+    if a.init_from.is_none() {
+        init_deterministic(trainer.vars(), a.seed, cfg.num_hidden_layers)?;
+    }
+    let meta = json!({ "model_config": cfg.to_hf_json(), "data": a.data.display().to_string(), "init": init_note });
     if let Some(r) = &a.resume {
         let m = checkpoint::load(r, &mut trainer)?;
         if m["model_config"] != meta["model_config"] {
@@ -260,11 +365,24 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     println!(
-        "model: {} parameters ({} layers, hidden {}); corpus {} tokens; {} tokens/step; steps {}..{}",
-        trainer.num_params(), cfg.num_hidden_layers, cfg.hidden_size, stream.len(), a.batch * a.seq_len, trainer.step(), a.steps
+        "model: {} parameters ({} layers, hidden {}); init {init_note}; corpus {} tokens; {} tokens/step; steps {}..{}",
+        trainer.num_params(),
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        stream.len(),
+        a.batch * a.seq_len,
+        trainer.step(),
+        a.steps
     );
-    let eval_windows: Vec<&[u32]> = eval.as_ref().map(|e| e.eval_windows(a.seq_len, 32)).unwrap_or_default();
-    let stop_at = a.max_steps_now.map(|n| trainer.step() + n).unwrap_or(a.steps).min(a.steps);
+    let eval_windows: Vec<&[u32]> = eval
+        .as_ref()
+        .map(|e| e.eval_windows(a.seq_len, 32))
+        .unwrap_or_default();
+    let stop_at = a
+        .max_steps_now
+        .map(|n| trainer.step() + n)
+        .unwrap_or(a.steps)
+        .min(a.steps);
     let bar = ProgressBar::new(a.steps).with_style(bar_style());
     bar.set_position(trainer.step());
     let start = Instant::now();
@@ -276,23 +394,241 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         let loss = lm_loss(&logits, &y, None)?;
         let s: StepStats = trainer.apply(&loss, (a.batch * a.seq_len) as u64)?;
         ema = Some(ema.map_or(s.loss, |e| 0.95 * e + 0.05 * s.loss));
-        let tps = (trainer.tokens_seen() - start_tokens) as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        let tps =
+            (trainer.tokens_seen() - start_tokens) as f64 / start.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(s.step);
-        bar.set_message(format!("loss {:.3} lr {:.2e} |g| {:.2} {:.0} tok/s", ema.unwrap_or(s.loss), s.lr, s.grad_norm, tps));
+        bar.set_message(format!(
+            "loss {:.3} lr {:.2e} |g| {:.2} {:.0} tok/s",
+            ema.unwrap_or(s.loss),
+            s.lr,
+            s.grad_norm,
+            tps
+        ));
         if s.step % a.checkpoint_every == 0 || s.step == stop_at {
             checkpoint::save(&a.out.join("checkpoint"), &trainer, meta.clone())?;
             checkpoint::export_pretrained(&model, &tok_bytes, DType::F32, &a.out.join("model"))?;
-            let ev = if eval_windows.is_empty() { String::new() } else {
+            let ev = if eval_windows.is_empty() {
+                String::new()
+            } else {
                 let l = eval_loss(&model, &eval_windows, None)?;
                 format!(" heldout loss {l:.4} ppl {:.2}", l.exp())
             };
-            bar.println(format!(
-                "step {} loss {:.4} tokens {} {:.0} tok/s{ev}",
-                s.step, ema.unwrap_or(s.loss), trainer.tokens_seen(), tps
-            ));
+            say(
+                &bar,
+                format!(
+                    "step {} loss {:.4} tokens {} {:.0} tok/s{ev}",
+                    s.step,
+                    ema.unwrap_or(s.loss),
+                    trainer.tokens_seen(),
+                    tps
+                ),
+            );
         }
     }
     bar.finish();
-    println!("done: step {} tokens seen {}; model in {}", trainer.step(), trainer.tokens_seen(), a.out.join("model").display());
+    checkpoint::export_pretrained(
+        &model,
+        &tok_bytes,
+        export_dtype(&a.export_dtype)?,
+        &a.out.join("model"),
+    )?;
+    println!(
+        "done: step {} tokens seen {}; model in {}",
+        trainer.step(),
+        trainer.tokens_seen(),
+        a.out.join("model").display()
+    );
+    Ok(())
+}
+
+/// `tandem model train-adapter`
+#[derive(Debug, Args)]
+pub struct TrainAdapterArgs {
+    /// Base model directory (Hugging Face layout); its weights stay frozen.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Task: `proofread` or `truecase`.
+    #[arg(long)]
+    pub task: String,
+    /// Corpus text the training sentences are taken from (never the held-out split).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory (PEFT layout: adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 300)]
+    pub steps: u64,
+    /// Examples per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// LoRA alpha (scale = alpha / rank).
+    #[arg(long, default_value_t = 32.0)]
+    pub alpha: f64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: u64,
+    /// Seed (adapter init, examples, batches).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Compute threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Use at most this many training sentences.
+    #[arg(long, default_value_t = 40_000)]
+    pub max_sentences: usize,
+    /// Save a checkpoint (and the adapter) every N steps.
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: u64,
+    /// Resume from a checkpoint directory (usually OUT.ckpt).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
+
+pub fn train_adapter(a: &TrainAdapterArgs) -> Result<()> {
+    use tandem_model::tasks::{
+        Task, TaskBatcher, TokenizedExample, answer, extract_sentences, make_examples, prompt,
+    };
+    use tandem_model::{Adapter, AdapterConfig, Target};
+    ensure_threads(a.threads)?;
+    let dev = Device::Cpu;
+    let task = Task::from_name(&a.task)?;
+    let base = tandem_model::load_model(&a.model, DType::F32, &dev)?;
+    let cfg = base.model.config().clone();
+    let text = std::fs::read_to_string(&a.data)
+        .with_context(|| format!("reading {}", a.data.display()))?;
+    let mut sentences = extract_sentences(&text);
+    // A deterministic subset spread over the whole corpus.
+    if sentences.len() > a.max_sentences {
+        let n = sentences.len();
+        sentences = (0..a.max_sentences)
+            .map(|i| sentences[i * n / a.max_sentences].clone())
+            .collect();
+    }
+    let examples = make_examples(task, &sentences, a.seed);
+    let eos = base
+        .tokenizer
+        .token_to_id(EOT)
+        .with_context(|| format!("the tokenizer has no {EOT} token"))?;
+    let bar = ProgressBar::new(examples.len() as u64).with_style(
+        ProgressStyle::with_template("tokenizing {bar:30} {pos}/{len} examples")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut tokenized = Vec::with_capacity(examples.len());
+    for e in &examples {
+        let p = base.tokenizer.encode(&prompt(task, &e.input))?;
+        let mut ans = base.tokenizer.encode(&answer(&e.target))?;
+        ans.push(eos);
+        if p.len() + ans.len() <= cfg.max_position_embeddings {
+            tokenized.push(TokenizedExample {
+                prompt: p,
+                answer: ans,
+            });
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let batcher = TaskBatcher::new(tokenized, eos)?;
+
+    let avm = VarMap::new();
+    let acfg = AdapterConfig::new(a.rank, a.alpha, &Target::ALL);
+    let adapter = Adapter::new(acfg, &cfg, VarBuilder::from_varmap(&avm, DType::F32, &dev))?;
+    let vars: Vec<_> = avm
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let tc = TrainConfig {
+        seed: a.seed,
+        batch_size: a.batch,
+        seq_len: cfg.max_position_embeddings,
+        schedule: CosineSchedule {
+            peak_lr: a.lr,
+            min_lr: a.lr / 10.0,
+            warmup_steps: a.warmup,
+            total_steps: a.steps,
+        },
+        adamw: AdamWParams {
+            weight_decay: 0.0,
+            ..AdamWParams::default()
+        },
+        grad_clip: 1.0,
+    };
+    let mut trainer = Trainer::new(vars, tc)?;
+    init_deterministic(trainer.vars(), a.seed, cfg.num_hidden_layers)?;
+    let meta = json!({ "task": task.name(), "base": base.digest.to_string(), "rank": a.rank, "alpha": a.alpha });
+    if let Some(r) = &a.resume {
+        let m = checkpoint::load(r, &mut trainer)?;
+        if m["base"] != meta["base"] || m["task"] != meta["task"] {
+            bail!("{} was made for another base model or task", r.display());
+        }
+    }
+    println!(
+        "adapter `{}`: {} trainable parameters (rank {}, base {} frozen); {} training examples from {} sentences",
+        task.name(),
+        trainer.num_params(),
+        a.rank,
+        base.digest,
+        batcher.len(),
+        sentences.len()
+    );
+    let ckpt = PathBuf::from(format!("{}.ckpt", a.out.display()));
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let bar = ProgressBar::new(a.steps).with_style(bar_style());
+    bar.set_position(trainer.step());
+    let start = Instant::now();
+    let start_tokens = trainer.tokens_seen();
+    let mut ema: Option<f64> = None;
+    while trainer.step() < a.steps {
+        let b = batcher.batch(
+            a.seed,
+            trainer.step(),
+            a.batch,
+            cfg.max_position_embeddings,
+            &dev,
+        )?;
+        let logits = base.model.forward_train(&b.inputs, Some(&adapter))?;
+        let loss = lm_loss(&logits, &b.targets, Some(&b.mask))?;
+        let s = trainer.apply(&loss, b.answer_tokens as u64)?;
+        ema = Some(ema.map_or(s.loss, |e| 0.9 * e + 0.1 * s.loss));
+        let tps =
+            (trainer.tokens_seen() - start_tokens) as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        bar.set_position(s.step);
+        bar.set_message(format!(
+            "answer loss {:.3} lr {:.2e} {:.0} answer-tok/s",
+            ema.unwrap_or(s.loss),
+            s.lr,
+            tps
+        ));
+        if s.step % a.checkpoint_every == 0 || s.step == a.steps {
+            checkpoint::save(&ckpt, &trainer, meta.clone())?;
+            adapter.save_pretrained(&a.out)?;
+            say(
+                &bar,
+                format!(
+                    "step {} answer loss {:.4} answer tokens {}",
+                    s.step,
+                    ema.unwrap_or(s.loss),
+                    trainer.tokens_seen()
+                ),
+            );
+        }
+    }
+    bar.finish();
+    adapter.save_pretrained(&a.out)?;
+    println!(
+        "done: adapter in {} (step {}, {} answer tokens)",
+        a.out.display(),
+        trainer.step(),
+        trainer.tokens_seen()
+    );
     Ok(())
 }

@@ -1,7 +1,20 @@
 //! The transparency log: RFC 9162 Merkle hashing and proofs, C2SP tlog-checkpoint checkpoints in
-//! C2SP signed notes, C2SP tlog-tiles tiles, and a sans-IO client that tracks checkpoints.
+//! C2SP signed notes (Ed25519), C2SP tlog-cosignature witness cosignatures, C2SP tlog-tiles tiles,
+//! and a sans-IO client that tracks checkpoints.
+//!
+//! No I/O here: the `attest log` server and clients in the binary own files and sockets.
 
+pub mod checkpoint;
+pub mod client;
 mod error;
 pub mod merkle;
+pub mod note;
+pub mod proof;
+pub mod tile;
 
+pub use checkpoint::Checkpoint;
+pub use client::{CheckpointTracker, Observation};
 pub use error::LogError;
+pub use merkle::{Hash, leaf_hash, node_hash, verify_consistency, verify_inclusion};
+pub use note::{CosignerKey, NoteSigner, NoteVerifier, VerifiedCheckpoint, WitnessPolicy, open_checkpoint};
+pub use proof::{InclusionBundle, VerifiedInclusion};

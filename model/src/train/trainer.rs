@@ -93,6 +93,45 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor, mask: Option<&Tensor>) -> Resu
     }
 }
 
+/// Mean next-token loss (nats per token) of `model` over `windows` (each `seq_len + 1`
+/// tokens, all the same length), computed in batches of 8. Perplexity is `exp` of this.
+pub fn eval_loss(
+    model: &crate::Model,
+    windows: &[&[u32]],
+    adapter: Option<&crate::Adapter>,
+) -> Result<f64> {
+    let mut total = 0.0;
+    let mut count = 0usize;
+    for chunk in windows.chunks(8) {
+        let t = chunk[0].len().saturating_sub(1);
+        if t == 0 || chunk.iter().any(|w| w.len() != t + 1) {
+            return Err(TrainError::Data(
+                "evaluation windows must share one length of at least 2".into(),
+            )
+            .into());
+        }
+        let mut x = Vec::with_capacity(chunk.len() * t);
+        let mut y = Vec::with_capacity(chunk.len() * t);
+        for w in chunk {
+            x.extend_from_slice(&w[..t]);
+            y.extend_from_slice(&w[1..]);
+        }
+        let x = Tensor::from_vec(x, (chunk.len(), t), model.device())?;
+        let y = Tensor::from_vec(y, (chunk.len(), t), model.device())?;
+        let logits = model.forward_train(&x, adapter)?;
+        let l = lm_loss(&logits, &y, None)?.to_scalar::<f32>()?;
+        total += f64::from(l) * (chunk.len() * t) as f64;
+        count += chunk.len() * t;
+    }
+    if count == 0 {
+        return Err(TrainError::Data(
+            "no evaluation windows: the text is shorter than one sequence".into(),
+        )
+        .into());
+    }
+    Ok(total / count as f64)
+}
+
 /// Re-initialises `vars` deterministically from `seed`, keyed by name, so the same seed gives
 /// the same starting weights (candle's CPU random initialisers cannot be seeded).
 ///

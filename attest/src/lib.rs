@@ -4,7 +4,13 @@
 //! The library does no I/O: bytes in, bytes out; files, sockets and clocks are handled by the
 //! `attest` binary and by callers.
 
+pub mod attestation;
+pub mod digest;
 pub mod error;
+pub mod evidence;
 pub mod log;
+pub mod release;
+pub mod verify;
 
+pub use error::{AttestationError, EvidenceError, ReleaseError, VerifyError};
 pub use error::{Error, LogError};

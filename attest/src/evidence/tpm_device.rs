@@ -1,0 +1,232 @@
+//! The TPM 2.0 root of trust, node side (cargo feature `tpm`; links Debian's `libtss2` through
+//! `tss-esapi`). The caller opens the TPM connection (a [`tss_esapi::Context`] over any TCTI:
+//! `device:/dev/tpmrm0` on a real node, `swtpm:host=127.0.0.1,port=N` against the simulator);
+//! this module only issues commands on it.
+//!
+//! Flow: [`create_attestation_key`] makes a restricted ECDSA P-256 signing key (the fleet CA
+//! then certifies its public point as a [`CertRole::TpmAttestationKey`]);
+//! [`TpmRoot::measure_release`] resets PCR 23 and extends it with the release digest;
+//! [`RootOfTrust::attest`] quotes PCR 23 with the claims' qualifying data.
+
+use p256::ecdsa::VerifyingKey;
+use tss_esapi::Context;
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::handles::{KeyHandle, PcrHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    Data, Digest, DigestValues, EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme,
+    PcrSelectionListBuilder, PcrSlot, Public, PublicBuilder, PublicEccParametersBuilder, Signature,
+    SignatureScheme,
+};
+use tss_esapi::traits::Marshall;
+
+use super::tpm::{RELEASE_PCR, TpmQuote};
+use super::{
+    CertRole, Evidence, EvidenceClaims, EvidenceError, EvidenceProof, FleetCertificate, RootOfTrust,
+};
+use crate::digest::Sha256Digest;
+
+fn dev(what: &str, e: tss_esapi::Error) -> EvidenceError {
+    EvidenceError::Device(format!("{what}: {e}"))
+}
+
+/// Creates a restricted ECDSA-P256/SHA-256 signing primary key in the owner hierarchy (an
+/// attestation key) and returns its handle and public key.
+pub fn create_attestation_key(
+    ctx: &mut Context,
+) -> Result<(KeyHandle, VerifyingKey), EvidenceError> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_restricted(true)
+        .with_sign_encrypt(true)
+        .with_decrypt(false)
+        .build()
+        .map_err(|e| dev("object attributes", e))?;
+    let params = PublicEccParametersBuilder::new()
+        .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
+        .with_curve(EccCurve::NistP256)
+        .with_is_signing_key(true)
+        .with_is_decryption_key(false)
+        .with_restricted(true)
+        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+        .build()
+        .map_err(|e| dev("ECC parameters", e))?;
+    let public = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_ecc_parameters(params)
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .map_err(|e| dev("public template", e))?;
+    let created = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.create_primary(Hierarchy::Owner, public, None, None, None, None)
+        })
+        .map_err(|e| dev("TPM2_CreatePrimary", e))?;
+    let vk = ecc_public_to_key(&created.out_public)?;
+    Ok((created.key_handle, vk))
+}
+
+fn ecc_public_to_key(public: &Public) -> Result<VerifyingKey, EvidenceError> {
+    let Public::Ecc { unique, .. } = public else {
+        return Err(EvidenceError::Device(
+            "attestation key is not an ECC key".into(),
+        ));
+    };
+    let (x, y) = (unique.x().value(), unique.y().value());
+    if x.len() > 32 || y.len() > 32 {
+        return Err(EvidenceError::Device(
+            "attestation key point is not on P-256".into(),
+        ));
+    }
+    let mut sec1 = vec![0x04];
+    sec1.extend(std::iter::repeat_n(0, 32 - x.len()));
+    sec1.extend_from_slice(x);
+    sec1.extend(std::iter::repeat_n(0, 32 - y.len()));
+    sec1.extend_from_slice(y);
+    VerifyingKey::from_sec1_bytes(&sec1)
+        .map_err(|_| EvidenceError::Device("attestation key point is not on P-256".into()))
+}
+
+fn pad32(v: &[u8]) -> Result<[u8; 32], EvidenceError> {
+    if v.len() > 32 {
+        return Err(EvidenceError::Device(
+            "ECDSA signature component longer than 32 bytes".into(),
+        ));
+    }
+    let mut out = [0u8; 32];
+    out[32 - v.len()..].copy_from_slice(v);
+    Ok(out)
+}
+
+/// A TPM-backed root of trust.
+pub struct TpmRoot {
+    ctx: Context,
+    ak: KeyHandle,
+    certificate: FleetCertificate,
+    measured: Option<Sha256Digest>,
+}
+
+impl std::fmt::Debug for TpmRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TpmRoot")
+            .field("subject", &self.certificate.subject)
+            .field("measured", &self.measured)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TpmRoot {
+    /// A root over an open TPM context, an attestation key loaded in it, and the fleet
+    /// certificate for that key.
+    pub fn new(
+        ctx: Context,
+        ak: KeyHandle,
+        certificate: FleetCertificate,
+    ) -> Result<Self, EvidenceError> {
+        if certificate.role != CertRole::TpmAttestationKey {
+            return Err(EvidenceError::Certificate(
+                "certificate is not for a TPM attestation key".into(),
+            ));
+        }
+        let mut root = Self {
+            ctx,
+            ak,
+            certificate,
+            measured: None,
+        };
+        let (public, _, _) = root
+            .ctx
+            .read_public(root.ak)
+            .map_err(|e| dev("TPM2_ReadPublic", e))?;
+        if ecc_public_to_key(&public)? != root.certificate.public_key {
+            return Err(EvidenceError::Certificate(
+                "certificate is for a different key than the loaded attestation key".into(),
+            ));
+        }
+        Ok(root)
+    }
+
+    /// Resets PCR 23 and extends it once with `release` (TPM2_PCR_Reset, TPM2_PCR_Extend).
+    pub fn measure_release(&mut self, release: &Sha256Digest) -> Result<(), EvidenceError> {
+        let pcr = PcrHandle::Pcr23;
+        self.ctx
+            .execute_with_session(Some(AuthSession::Password), |c| c.pcr_reset(pcr))
+            .map_err(|e| dev("TPM2_PCR_Reset(23)", e))?;
+        let mut vals = DigestValues::new();
+        vals.set(
+            HashingAlgorithm::Sha256,
+            Digest::try_from(release.as_bytes().to_vec()).map_err(|e| dev("digest", e))?,
+        );
+        self.ctx
+            .execute_with_session(Some(AuthSession::Password), |c| c.pcr_extend(pcr, vals))
+            .map_err(|e| dev("TPM2_PCR_Extend(23)", e))?;
+        self.measured = Some(*release);
+        Ok(())
+    }
+
+    /// The open context (for callers that need other TPM commands).
+    pub fn context_mut(&mut self) -> &mut Context {
+        &mut self.ctx
+    }
+}
+
+impl RootOfTrust for TpmRoot {
+    fn kind(&self) -> &'static str {
+        "tpm2"
+    }
+
+    fn attest(&mut self, claims: &EvidenceClaims) -> Result<Evidence, EvidenceError> {
+        claims.check()?;
+        if self.measured != Some(claims.release_digest) {
+            return Err(EvidenceError::Device(format!(
+                "PCR {RELEASE_PCR} was not measured with release {}; call measure_release first",
+                claims.release_digest.short()
+            )));
+        }
+        let qd = Data::try_from(claims.tpm_qualifying_data().to_vec())
+            .map_err(|e| dev("qualifying data", e))?;
+        let sel = PcrSelectionListBuilder::new()
+            .with_selection(HashingAlgorithm::Sha256, &[PcrSlot::Slot23])
+            .build()
+            .map_err(|e| dev("PCR selection", e))?;
+        let ak = self.ak;
+        let (attest, sig) = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.quote(
+                    ak,
+                    qd,
+                    SignatureScheme::EcDsa {
+                        hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+                    },
+                    sel,
+                )
+            })
+            .map_err(|e| dev("TPM2_Quote", e))?;
+        let raw = attest
+            .marshall()
+            .map_err(|e| dev("marshalling TPMS_ATTEST", e))?;
+        let Signature::EcDsa(ecc) = sig else {
+            return Err(EvidenceError::Device(
+                "TPM returned a non-ECDSA quote signature".into(),
+            ));
+        };
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(&pad32(ecc.signature_r().value())?);
+        signature[32..].copy_from_slice(&pad32(ecc.signature_s().value())?);
+        let quote = TpmQuote::parse(raw)?;
+        Ok(Evidence::new(
+            claims.clone(),
+            self.certificate.clone(),
+            EvidenceProof::Tpm2 { quote, signature },
+        ))
+    }
+}

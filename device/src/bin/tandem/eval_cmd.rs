@@ -8,14 +8,16 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tandem_model::tasks::{
-    Scores, Task, examples_to_jsonl, extract_sentences, grade, make_examples, parse_answer,
+    Scores, Task, answer, examples_to_jsonl, extract_sentences, grade, make_examples, parse_answer,
     parse_examples, prompt,
 };
 use tandem_model::train::data::TokenStream;
 use tandem_model::train::tokenizer::EOT;
 use tandem_model::{DType, Device, GenerateParams, load_adapter, load_model};
 
-use crate::train_cmd::{ensure_threads, eval_loss};
+use tandem_model::train::trainer::eval_loss;
+
+use crate::train_cmd::ensure_threads;
 
 /// `tandem eval …`
 #[derive(Debug, Subcommand)]
@@ -101,6 +103,10 @@ pub struct MakeExamplesArgs {
     /// Output file.
     #[arg(long)]
     pub out: PathBuf,
+    /// Write training documents in the prompt format (`prompt + answer`, separated by
+    /// `<|endoftext|>` lines) instead of JSON Lines, to mix into a pre-training corpus.
+    #[arg(long)]
+    pub as_documents: bool,
 }
 
 pub fn run(cmd: &EvalCmd) -> Result<()> {
@@ -252,8 +258,14 @@ fn make(a: &MakeExamplesArgs) -> Result<()> {
     let take = a.n.min(n);
     let picked: Vec<String> = (0..take).map(|i| sentences[i * n / take].clone()).collect();
     let ex = make_examples(t, &picked, a.seed);
-    std::fs::write(&a.out, examples_to_jsonl(&ex))
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    let body = if a.as_documents {
+        let docs: Vec<String> =
+            ex.iter().map(|e| format!("{}{}", prompt(t, &e.input), answer(&e.target))).collect();
+        docs.join(&format!("\n{EOT}\n")) + "\n"
+    } else {
+        examples_to_jsonl(&ex)
+    };
+    std::fs::write(&a.out, body).with_context(|| format!("writing {}", a.out.display()))?;
     println!(
         "wrote {} {} examples from {n} sentences to {}",
         ex.len(),

@@ -1,43 +1,56 @@
-//! `tandem`: the Tandem command line.
+//! `tandem`: the device-side command line.
+//!
+//! Each group of `tandem model …` subcommands lives in its own module file with a `Cmd` enum
+//! (clap `Subcommand`) and `fn run(self) -> anyhow::Result<()>`. Adding a group is two lines:
+//! `mod NAME_cmd;` below, and `NAME_cmd::Cmd => Variant,` in `model_subcommands!`.
 
-mod eval_cmd;
-mod train_cmd;
-
-use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod model_cmd;
+
+/// Generates the `tandem model` subcommand enum from the module list, and its dispatch.
+macro_rules! model_subcommands {
+    ($($module:ident :: Cmd => $variant:ident),* $(,)?) => {
+        /// Run, inspect and evaluate local models.
+        #[derive(Debug, Subcommand)]
+        enum ModelCommand {
+            $(
+                #[command(flatten)]
+                $variant($module::Cmd),
+            )*
+        }
+
+        impl ModelCommand {
+            fn run(self) -> anyhow::Result<()> {
+                match self {
+                    $(ModelCommand::$variant(c) => c.run(),)*
+                }
+            }
+        }
+    };
+}
+
+model_subcommands! {
+    model_cmd::Cmd => Inference,
+}
+
+/// Tandem: private split inference.
 #[derive(Debug, Parser)]
-#[command(name = "tandem", version, about = "Tandem: private split inference")]
+#[command(name = "tandem", version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Top,
+    command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Top {
-    /// Model tools: training the embedded models.
+enum Command {
+    /// Local model commands (perplexity, generate, inspect, …).
     #[command(subcommand)]
-    Model(ModelCmd),
-    /// Evaluation: perplexity, task adapters.
-    #[command(subcommand)]
-    Eval(eval_cmd::EvalCmd),
+    Model(ModelCommand),
 }
 
-#[derive(Debug, Subcommand)]
-enum ModelCmd {
-    /// Train a byte-level BPE tokenizer on a corpus.
-    TrainTokenizer(train_cmd::TrainTokenizerArgs),
-    /// Pre-train a base model (AdamW, warm-up + cosine, checkpoints, resume).
-    Train(train_cmd::TrainArgs),
-    /// Train a LoRA task adapter on a frozen base model.
-    TrainAdapter(train_cmd::TrainAdapterArgs),
-}
-
-fn main() -> Result<()> {
+fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Top::Model(ModelCmd::TrainTokenizer(a)) => train_cmd::train_tokenizer(&a),
-        Top::Model(ModelCmd::Train(a)) => train_cmd::train(&a),
-        Top::Model(ModelCmd::TrainAdapter(a)) => train_cmd::train_adapter(&a),
-        Top::Eval(c) => eval_cmd::run(&c),
+        Command::Model(c) => c.run(),
     }
 }

@@ -17,7 +17,7 @@ use tandem_model::train::grow::grow_depth;
 use tandem_model::train::optim::AdamWParams;
 use tandem_model::train::schedule::CosineSchedule;
 use tandem_model::train::tokenizer::{EOT, train_bpe};
-use tandem_model::train::trainer::{StepStats, TrainConfig, Trainer, init_deterministic, lm_loss};
+use tandem_model::train::trainer::{StepStats, TrainConfig, Trainer, eval_loss, init_deterministic, lm_loss};
 use tandem_model::{Config, DType, Device, Model, Tokenizer, VarBuilder, VarMap};
 
 /// `tandem model train-tokenizer`
@@ -223,35 +223,6 @@ fn bar_style() -> ProgressStyle {
         "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta_precise}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
-}
-
-/// Mean next-token loss over `windows` (each `seq_len + 1` tokens), batched by 8.
-pub fn eval_loss(
-    model: &Model,
-    windows: &[&[u32]],
-    adapter: Option<&tandem_model::Adapter>,
-) -> Result<f64> {
-    let mut total = 0.0;
-    let mut count = 0usize;
-    for chunk in windows.chunks(8) {
-        let t = chunk[0].len() - 1;
-        let mut x = Vec::with_capacity(chunk.len() * t);
-        let mut y = Vec::with_capacity(chunk.len() * t);
-        for w in chunk {
-            x.extend_from_slice(&w[..t]);
-            y.extend_from_slice(&w[1..]);
-        }
-        let x = tandem_model::Tensor::from_vec(x, (chunk.len(), t), model.device())?;
-        let y = tandem_model::Tensor::from_vec(y, (chunk.len(), t), model.device())?;
-        let logits = model.forward_train(&x, adapter)?;
-        let l = lm_loss(&logits, &y, None)?.to_scalar::<f32>()?;
-        total += f64::from(l) * (chunk.len() * t) as f64;
-        count += chunk.len() * t;
-    }
-    if count == 0 {
-        bail!("no evaluation windows: the held-out text is shorter than one sequence");
-    }
-    Ok(total / count as f64)
 }
 
 fn export_dtype(s: &str) -> Result<DType> {

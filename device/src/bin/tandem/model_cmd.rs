@@ -1,0 +1,345 @@
+//! `tandem model perplexity | generate | inspect`.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tandem_model::{
+    Cache, DType, Device, GenerateParams, LoadedAdapter, LoadedModel, SamplingParams, load_adapter,
+    load_model,
+};
+
+/// Compute precision.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Precision {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float (half the memory traffic).
+    F16,
+}
+
+impl Precision {
+    fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Perplexity of a text file over its tokens 2..n (long texts are chunked by the context
+    /// length; context restarts at each chunk boundary).
+    Perplexity {
+        /// Model directory (config.json, *.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// LoRA adapter directory (adapter_config.json, adapter_model.safetensors).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// UTF-8 text file.
+        #[arg(long)]
+        text: PathBuf,
+        /// Chunk length in tokens (default: the model's max_position_embeddings, at most 2048).
+        #[arg(long)]
+        context: Option<usize>,
+        /// Compute precision.
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Precision,
+        /// Print exactly one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate text from a prompt, streaming it to the terminal.
+    Generate {
+        /// Model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// LoRA adapter directory.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// The prompt.
+        #[arg(long)]
+        prompt: String,
+        /// Most new tokens.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Keep only the k most likely tokens.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Nucleus sampling threshold in (0, 1].
+        #[arg(long)]
+        top_p: Option<f64>,
+        /// Repetition penalty (1.0 is none).
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f64,
+        /// RNG seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop when this string appears (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Compute precision.
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Precision,
+        /// Print exactly one JSON object at the end instead of streaming.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Architecture, parameter count, dtype, bytes and digest of a model directory.
+    Inspect {
+        /// Model directory.
+        dir: PathBuf,
+        /// Print exactly one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Cmd {
+    pub fn run(self) -> Result<()> {
+        match self {
+            Cmd::Perplexity {
+                model,
+                adapter,
+                text,
+                context,
+                dtype,
+                json,
+            } => perplexity(&model, adapter.as_deref(), &text, context, dtype, json),
+            Cmd::Generate {
+                model,
+                adapter,
+                prompt,
+                max_tokens,
+                temperature,
+                top_k,
+                top_p,
+                repetition_penalty,
+                seed,
+                stop,
+                dtype,
+                json,
+            } => {
+                let params = GenerateParams {
+                    max_tokens,
+                    sampling: SamplingParams {
+                        temperature,
+                        top_k,
+                        top_p,
+                        repetition_penalty,
+                        seed,
+                    },
+                    stop_strings: stop,
+                    eos_token_ids: None,
+                };
+                generate(&model, adapter.as_deref(), &prompt, &params, dtype, json)
+            }
+            Cmd::Inspect { dir, json } => inspect(&dir, json),
+        }
+    }
+}
+
+fn load(
+    model: &Path,
+    adapter: Option<&Path>,
+    dtype: Precision,
+) -> Result<(LoadedModel, Option<LoadedAdapter>)> {
+    let m = load_model(model, dtype.dtype(), &Device::Cpu)
+        .with_context(|| format!("loading model {}", model.display()))?;
+    let a = adapter
+        .map(|a| {
+            load_adapter(a, m.model.config(), dtype.dtype(), &Device::Cpu)
+                .with_context(|| format!("loading adapter {}", a.display()))
+        })
+        .transpose()?;
+    Ok((m, a))
+}
+
+fn perplexity(
+    model: &Path,
+    adapter: Option<&Path>,
+    text: &Path,
+    context: Option<usize>,
+    dtype: Precision,
+    json: bool,
+) -> Result<()> {
+    let (m, a) = load(model, adapter, dtype)?;
+    let text = std::fs::read_to_string(text)
+        .with_context(|| format!("reading {} (must be UTF-8 text)", text.display()))?;
+    let ids = m.tokenizer.encode(&text)?;
+    if ids.len() < 2 {
+        bail!(
+            "the text has {} token(s); perplexity needs at least 2",
+            ids.len()
+        );
+    }
+    let max = m.model.config().max_position_embeddings;
+    let ctx = context.unwrap_or(max.min(2048)).min(max);
+    if ctx < 2 {
+        bail!("--context must be at least 2");
+    }
+    // Windows of `ctx` tokens overlapping by one, so every token 2..n is predicted once.
+    let step = ctx - 1;
+    let starts: Vec<usize> = (0..ids.len() - 1).step_by(step).collect();
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(starts.len() as u64).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} chunks {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    let (mut nll, mut scored) = (0f64, 0usize);
+    let mut cache = Cache::new(&m.model, 1, ctx)?;
+    for &s in &starts {
+        let window = &ids[s..(s + ctx).min(ids.len())];
+        cache.reset();
+        let logits = m
+            .model
+            .forward(
+                &m.model.tokens_tensor(window)?,
+                a.as_ref().map(|a| &a.adapter),
+                &mut cache,
+            )?
+            .squeeze(0)?;
+        let logp = candle_nn_log_softmax(&logits)?;
+        for (i, &t) in window.iter().enumerate().skip(1) {
+            nll -= f64::from(logp[i - 1][t as usize]);
+            scored += 1;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let ppl = (nll / scored as f64).exp();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "perplexity": ppl,
+                "tokens": ids.len(),
+                "scored_tokens": scored,
+                "mean_nll": nll / scored as f64,
+                "context": ctx,
+                "chunks": starts.len(),
+                "model_digest": m.digest.to_string(),
+                "adapter_digest": a.as_ref().map(|a| a.digest.to_string()),
+            })
+        );
+    } else {
+        println!(
+            "perplexity {ppl:.4} over {scored} predicted tokens ({} tokens, {} chunk(s) of ≤{ctx})",
+            ids.len(),
+            starts.len()
+        );
+    }
+    Ok(())
+}
+
+/// Row-wise log-softmax of `[seq, vocab]` f32 logits.
+fn candle_nn_log_softmax(logits: &tandem_model::Tensor) -> Result<Vec<Vec<f32>>> {
+    let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + r.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+            r.into_iter().map(|x| x - lse).collect()
+        })
+        .collect())
+}
+
+fn generate(
+    model: &Path,
+    adapter: Option<&Path>,
+    prompt: &str,
+    params: &GenerateParams,
+    dtype: Precision,
+    json: bool,
+) -> Result<()> {
+    let (m, a) = load(model, adapter, dtype)?;
+    let ids = m.tokenizer.encode(prompt)?;
+    let start = Instant::now();
+    let mut out = std::io::stdout().lock();
+    let g = m.model.generate(
+        &m.tokenizer,
+        &ids,
+        a.as_ref().map(|a| &a.adapter),
+        params,
+        |d| {
+            if !json {
+                let _ = out.write_all(d.as_bytes());
+                let _ = out.flush();
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    let secs = start.elapsed().as_secs_f64();
+    if json {
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "text": g.text,
+                "tokens": g.tokens.len(),
+                "prompt_tokens": g.prompt_tokens,
+                "finish_reason": g.finish.as_str(),
+                "seconds": secs,
+                "model_digest": m.digest.to_string(),
+                "adapter_digest": a.as_ref().map(|a| a.digest.to_string()),
+            })
+        )?;
+    } else {
+        writeln!(out)?;
+        eprintln!(
+            "[{} tokens in {secs:.2}s, {:.1} tok/s, finish: {}]",
+            g.tokens.len(),
+            g.tokens.len() as f64 / secs.max(1e-9),
+            g.finish.as_str()
+        );
+    }
+    Ok(())
+}
+
+fn inspect(dir: &Path, json: bool) -> Result<()> {
+    let m = load_model(dir, DType::F32, &Device::Cpu)
+        .with_context(|| format!("loading model {}", dir.display()))?;
+    let c = m.model.config();
+    let dtypes: Vec<&String> = m.stored_dtypes.iter().collect();
+    let v = json!({
+        "architecture": "llama",
+        "layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "attention_heads": c.num_attention_heads,
+        "kv_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "tied_embeddings": c.tie_word_embeddings,
+        "rope_theta": c.rope_theta,
+        "max_position_embeddings": c.max_position_embeddings,
+        "parameters": c.parameter_count(),
+        "stored_dtypes": dtypes,
+        "file_bytes": m.file_bytes,
+        "tokenizer_vocab": m.tokenizer.vocab_size(),
+        "eos_token_ids": c.eos_token_ids,
+        "digest": m.digest.to_string(),
+    });
+    if json {
+        println!("{v}");
+    } else if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            println!("{k:<24} {val}");
+        }
+    }
+    Ok(())
+}

@@ -97,29 +97,39 @@ impl ChunkKey {
         Ok(())
     }
 
-    /// Decrypts `ct_and_tag` (ciphertext followed by the tag) into a new buffer.
-    pub(crate) fn open(
+    /// Decrypts `ct_and_tag` (ciphertext followed by the tag), appending the plaintext to
+    /// `out`. On failure `out` is left as it was. Both AEADs check the tag before decrypting,
+    /// so no unauthenticated plaintext is ever written.
+    pub(crate) fn open_into(
         &self,
         seq: u32,
         aad: &[u8],
         ct_and_tag: &[u8],
-    ) -> Result<Vec<u8>, Inauthentic> {
+        out: &mut Vec<u8>,
+    ) -> Result<(), Inauthentic> {
         let Some(ct_len) = ct_and_tag.len().checked_sub(TAG_LEN) else {
             return Err(Inauthentic);
         };
         let (ct, tag) = ct_and_tag.split_at(ct_len);
         let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| Inauthentic)?;
-        let mut out = ct.to_vec();
+        let start = out.len();
+        out.extend_from_slice(ct);
         let nonce = self.nonce(seq);
+        let buf = &mut out[start..];
         let ok = match &self.inner {
             Inner::Aes128Gcm(c) => c
-                .decrypt_inout_detached(&nonce.into(), aad, out.as_mut_slice().into(), &tag.into())
+                .decrypt_inout_detached(&nonce.into(), aad, buf.into(), &tag.into())
                 .is_ok(),
             Inner::ChaCha20Poly1305(c) => c
-                .decrypt_inout_detached(&nonce.into(), aad, out.as_mut_slice().into(), &tag.into())
+                .decrypt_inout_detached(&nonce.into(), aad, buf.into(), &tag.into())
                 .is_ok(),
         };
-        if ok { Ok(out) } else { Err(Inauthentic) }
+        if ok {
+            Ok(())
+        } else {
+            out.truncate(start);
+            Err(Inauthentic)
+        }
     }
 }
 

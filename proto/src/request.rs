@@ -579,12 +579,16 @@ pub fn open_request(key: &NodeKey, sealed: &[u8], limits: &Limits) -> Result<Ope
     };
     // 5.
     let mut opener = ChunkOpener::new(body_key(suite, &data_key[..], &transcript), *limits);
-    let mut body = Zeroizing::new(Vec::new());
+    // Sized up front (framing bounds it by the input length) so the plaintext is never
+    // reallocated, leaving unzeroized copies behind.
+    let capacity: usize = req
+        .body_chunks
+        .iter()
+        .map(|c| c.len().saturating_sub(crate::stream::MIN_CHUNK_LEN))
+        .sum();
+    let mut body = Zeroizing::new(Vec::with_capacity(capacity.min(limits.max_message_len)));
     for chunk in &req.body_chunks {
-        let c = opener.open(chunk)?;
-        body.extend_from_slice(&c.data);
-        let mut d = c.data;
-        zeroize::Zeroize::zeroize(&mut d);
+        opener.open_into(chunk, &mut body)?;
     }
     opener.finish()?;
     // Recipient indices are below MAX_RECIPIENTS (16).

@@ -225,6 +225,14 @@ impl ChunkOpener {
     /// 5. message size limit,
     /// 6. AEAD authentication.
     pub fn open(&mut self, chunk: &[u8]) -> Result<OpenedChunk, Error> {
+        let mut data = Vec::with_capacity(chunk.len().saturating_sub(MIN_CHUNK_LEN));
+        let is_final = self.open_into(chunk, &mut data)?;
+        Ok(OpenedChunk { data, is_final })
+    }
+
+    /// [`ChunkOpener::open`], appending the plaintext to `out` (left unchanged on error).
+    /// Returns whether the chunk was final.
+    pub fn open_into(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<bool, Error> {
         let c = ChunkRef::parse(chunk)?;
         if self.finished {
             return Err(StreamError::AfterFinal { seq: c.seq }.into());
@@ -256,19 +264,15 @@ impl ChunkOpener {
             .into());
         }
         let h = header(c.seq, c.is_final);
-        let data = self
-            .key
-            .open(c.seq, &h, c.ciphertext)
+        self.key
+            .open_into(c.seq, &h, c.ciphertext, out)
             .map_err(|_| StreamError::Authentication { seq: c.seq })?;
         self.total = total;
         self.finished = c.is_final;
         // A sealer never emits a non-final chunk with seq u32::MAX, so a forged one cannot
         // authenticate; saturating keeps the state sane regardless.
         self.next_seq = self.next_seq.saturating_add(1);
-        Ok(OpenedChunk {
-            data,
-            is_final: c.is_final,
-        })
+        Ok(c.is_final)
     }
 
     /// Ends the stream; an error if the final chunk never arrived (the stream was truncated).

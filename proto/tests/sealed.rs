@@ -706,3 +706,66 @@ fn chacha_suite_round_trip_and_cross_suite_chunks_fail() {
         Err(Error::Request(RequestError::WrappingOpen { key_id: 0 }))
     );
 }
+
+/// Writes the fuzz seed corpus (run with `TANDEM_WRITE_FUZZ_CORPUS=fuzz/corpus cargo test
+/// -p tandem-proto --test sealed write_fuzz_seed_corpus -- --ignored`; the path is relative to proto/).
+#[test]
+#[ignore = "writes files; run by hand to refresh proto/fuzz/corpus"]
+fn write_fuzz_seed_corpus() {
+    let Some(dir) = std::env::var_os("TANDEM_WRITE_FUZZ_CORPUS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let write = |target: &str, name: &str, bytes: &[u8]| {
+        let d = dir.join(target);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join(name), bytes).expect("write");
+    };
+    // Same key as the fuzz targets, so seeds reach the cryptographic checks.
+    let node = NodeKey::derive(0, b"tandem fuzz node key ikm 32 byte", &Suite::ALL).expect("ok");
+    write("key_config", "single", &node.config().encode());
+    write(
+        "key_config",
+        "list",
+        &KeyConfig::encode_list(&[node.config().clone()]),
+    );
+    let limits = Limits {
+        max_chunk_len: 256,
+        max_message_len: 4096,
+    };
+    for (name, body) in [
+        ("empty", &b""[..]),
+        ("short", &b"hello"[..]),
+        ("multi", &[9u8; 600][..]),
+    ] {
+        for suite in Suite::ALL {
+            let opts = SealOptions { suite, limits };
+            let (sealed, ctx) = seal_request_with_rng(
+                &[node.config().clone()],
+                &routing(),
+                NOW,
+                body,
+                &opts,
+                &mut rng(body.len() as u64),
+            )
+            .expect("seal");
+            write("request", &format!("{name}-{:?}", suite.aead().0), &sealed);
+            if name == "short" && suite == Suite::default() {
+                let opened = open_request(&node, &sealed, &limits).expect("opens");
+                let (head, mut s) = opened.responder.start_with_rng(limits, &mut rng(5));
+                let c0 = s.seal(b"tok").expect("seal");
+                let c1 = s.seal_final(b"en").expect("seal");
+                write("chunk", "chunk0", &c0);
+                write("chunk", "final", &c1);
+                write("response", "head", &head);
+                let mut seq = vec![0xffu8];
+                for c in [&c0, &c1] {
+                    seq.extend_from_slice(&(c.len() as u16).to_be_bytes());
+                    seq.extend_from_slice(c);
+                }
+                write("response", "stream-with-real-head", &seq);
+                drop(ctx);
+            }
+        }
+    }
+}

@@ -1,15 +1,34 @@
 //! `attest log ...`: the transparency-log server and its clients.
 
-use std::path::PathBuf;
+#[path = "log/client.rs"]
+mod client;
+#[path = "log/server.rs"]
+mod server;
+#[path = "log/store.rs"]
+pub mod store;
+
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use tandem_attest::log::NoteSigner;
 
 /// Arguments of `attest log`.
 #[derive(Debug, Args)]
 pub struct LogArgs {
     #[command(subcommand)]
     command: LogCommand,
+}
+
+/// Where the log is and how to check it.
+#[derive(Debug, Args)]
+struct LogTarget {
+    /// Base URL of the log, e.g. `http://127.0.0.1:8080`.
+    #[arg(long)]
+    log: String,
+    /// The log's verifier key (`name+id+base64`), or a file holding it.
+    #[arg(long = "log-key")]
+    log_key: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -23,37 +42,176 @@ enum LogCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Serve the log (C2SP tlog-tiles read API plus `POST /add`).
+    Serve {
+        /// Directory holding the log's WAL, tiles and checkpoint (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// The private key file written by `attest log keygen`.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Append an entry and print its verified inclusion proof.
+    Append {
+        #[command(flatten)]
+        target: LogTarget,
+        /// File holding the entry (`-` for standard input).
+        file: PathBuf,
+        /// Print JSON (the inclusion bundle).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch and verify the log's current checkpoint.
+    Checkpoint {
+        #[command(flatten)]
+        target: LogTarget,
+        /// Also write the signed checkpoint to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A checkpoint saved earlier: require a consistency proof from it.
+        #[arg(long)]
+        since: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prove that an entry is in the log: inclusion proof built from the log's tiles.
+    Prove {
+        #[command(flatten)]
+        target: LogTarget,
+        /// File holding the entry.
+        file: PathBuf,
+        /// Index of the entry in the log.
+        #[arg(long)]
+        index: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay the whole log: fetch every entry bundle and hash tile, recompute the tree, check
+    /// the checkpoint and consistency with a saved checkpoint.
+    Audit {
+        #[command(flatten)]
+        target: LogTarget,
+        /// A checkpoint saved earlier; the log must still extend it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Save the newly verified checkpoint here.
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Run an `attest log` subcommand.
 pub fn run(args: LogArgs) -> anyhow::Result<()> {
     match args.command {
         LogCommand::Keygen { origin, out } => keygen(&origin, &out),
+        LogCommand::Serve { dir, listen, key } => {
+            // Validate everything before binding the port.
+            let signer = load_signer(&key)?;
+            let (store, rec) = store::LogStore::open(&dir, signer)?;
+            eprintln!(
+                "log {}: {} entries (published checkpoint was {}, cut {} torn WAL bytes)",
+                dir.display(),
+                rec.entries,
+                rec.previous_checkpoint,
+                rec.truncated_bytes
+            );
+            runtime()?.block_on(server::serve(store, &listen))
+        }
+        LogCommand::Append { target, file, json } => {
+            let entry = read_input(&file)?;
+            runtime()?.block_on(client::append(&target.log, &load_vkey(&target.log_key)?, &entry, json))
+        }
+        LogCommand::Checkpoint {
+            target,
+            out,
+            since,
+            json,
+        } => runtime()?.block_on(client::checkpoint(
+            &target.log,
+            &load_vkey(&target.log_key)?,
+            out.as_deref(),
+            since.as_deref(),
+            json,
+        )),
+        LogCommand::Prove {
+            target,
+            file,
+            index,
+            json,
+        } => {
+            let entry = read_input(&file)?;
+            runtime()?.block_on(client::prove(&target.log, &load_vkey(&target.log_key)?, &entry, index, json))
+        }
+        LogCommand::Audit {
+            target,
+            checkpoint,
+            save,
+            json,
+        } => runtime()?.block_on(client::audit(
+            &target.log,
+            &load_vkey(&target.log_key)?,
+            checkpoint.as_deref(),
+            save.as_deref(),
+            json,
+        )),
     }
 }
 
-fn keygen(origin: &str, out: &std::path::Path) -> anyhow::Result<()> {
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+        return Ok(b);
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn load_signer(path: &Path) -> anyhow::Result<NoteSigner> {
+    let skey = std::fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))?;
+    NoteSigner::from_skey(&skey).with_context(|| format!("key file {}", path.display()))
+}
+
+/// A verifier key given inline or as a file.
+fn load_vkey(arg: &str) -> anyhow::Result<tandem_attest::log::NoteVerifier> {
+    let text = if Path::new(arg).is_file() {
+        std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?
+    } else {
+        arg.to_owned()
+    };
+    Ok(tandem_attest::log::NoteVerifier::new(text.trim())?)
+}
+
+fn keygen(origin: &str, out: &Path) -> anyhow::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
 
-    anyhow::ensure!(
-        signed_note::is_key_name_valid(origin),
-        "origin {origin:?} is not a valid key name (no spaces or '+', not empty)"
-    );
-    let (skey, vkey) = signed_note::generate_key(&mut rand::rngs::OsRng, origin);
+    let (signer, skey) = NoteSigner::generate_with_rng(&mut rand::rngs::OsRng, origin)?;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     opts.mode(0o600);
-    let mut f = opts.open(out).with_context(|| {
-        format!(
-            "creating key file {} (it must not exist yet)",
-            out.display()
-        )
-    })?;
+    let mut f = opts
+        .open(out)
+        .with_context(|| format!("creating key file {} (it must not exist yet)", out.display()))?;
     f.write_all(format!("{skey}\n").as_bytes())?;
     f.sync_all()?;
-    println!("{vkey}");
+    println!("{}", signer.vkey());
     Ok(())
 }

@@ -1,0 +1,373 @@
+//! Durable storage of the transparency log.
+//!
+//! Layout of the log directory:
+//! - `entries.wal`: every entry ever appended, as `u32 BE length || data || SHA-256 leaf hash`.
+//!   It is the source of truth; everything else is derived from it.
+//! - `tile/...`: C2SP tlog-tiles hash tiles and entry bundles, written by rename.
+//! - `checkpoint`: the published signed checkpoint, replaced by rename.
+//!
+//! Order of a commit (group commit of a batch): append the batch to the WAL and fsync it; write
+//! every tile that changed and fsync the files and their directories; only then sign and publish
+//! the checkpoint (write, fsync, rename, fsync the directory); only then answer the writers.
+//! So a published checkpoint is always backed by synced tiles and entries, and an answered entry
+//! is always in the WAL. On open, a torn WAL tail (a crash mid-write, never acknowledged) is cut
+//! off, the tree is rebuilt and checked against the published checkpoint, and entries that are
+//! in the WAL but not yet under a checkpoint are tiled and published.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use tandem_attest::log::merkle::{self, Hash, MemoryTree};
+use tandem_attest::log::note::{self, NoteSigner};
+use tandem_attest::log::tile::{self, TileKind, TilePath, TILE_WIDTH};
+use tandem_attest::log::Checkpoint;
+
+const WAL: &str = "entries.wal";
+const CHECKPOINT: &str = "checkpoint";
+
+/// The log's durable state plus the in-memory tree used to answer proofs.
+#[derive(Debug)]
+pub struct LogStore {
+    dir: PathBuf,
+    signer: NoteSigner,
+    wal: File,
+    tree: MemoryTree,
+    /// Entries of the rightmost (partial) level-0 tile, needed to rewrite its entry bundle.
+    tail_entries: Vec<Vec<u8>>,
+    checkpoint: Vec<u8>,
+    published_size: u64,
+}
+
+/// What [`LogStore::open`] found and did.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovery {
+    /// Entries in the WAL after recovery.
+    pub entries: u64,
+    /// Size of the checkpoint that was published before the crash or shutdown.
+    pub previous_checkpoint: u64,
+    /// Bytes of torn WAL tail cut off.
+    pub truncated_bytes: u64,
+}
+
+fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync of directory {}", dir.display()))
+}
+
+/// Create `dir` if needed; every directory whose entries changed is added to `to_sync`.
+fn ensure_dir(dir: &Path, to_sync: &mut BTreeSet<PathBuf>) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        ensure_dir(parent, to_sync)?;
+        to_sync.insert(parent.to_path_buf());
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+}
+
+/// Write `data` to `path` atomically and durably: temp file, fsync, rename. The caller fsyncs
+/// the directory.
+fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+impl LogStore {
+    /// Open (or create) the log in `dir`, recovering from any crash.
+    pub fn open(dir: &Path, signer: NoteSigner) -> anyhow::Result<(Self, Recovery)> {
+        fs::create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
+        let wal_path = dir.join(WAL);
+        let mut wal = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&wal_path)
+            .with_context(|| format!("opening {}", wal_path.display()))?;
+        let mut bytes = Vec::new();
+        wal.read_to_end(&mut bytes)?;
+
+        // 1. Replay the WAL; the first record that is incomplete or fails its hash ends it.
+        let mut tree = MemoryTree::new();
+        let mut entries_since_tile: Vec<Vec<u8>> = Vec::new();
+        let mut pos = 0usize;
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        while let Some((data, next)) = read_record(&bytes, pos) {
+            spans.push((pos + 4, pos + 4 + data.len()));
+            tree.push_leaf_hash(merkle::leaf_hash(data));
+            if tree.size() % TILE_WIDTH == 1 {
+                entries_since_tile.clear();
+            }
+            entries_since_tile.push(data.to_vec());
+            pos = next;
+        }
+        let truncated_bytes = (bytes.len() - pos) as u64;
+        if tree.size() % TILE_WIDTH == 0 {
+            entries_since_tile.clear();
+        }
+
+        // 2. The published checkpoint must be backed by the WAL.
+        let cp_path = dir.join(CHECKPOINT);
+        let verifier = signer.verifier();
+        let (checkpoint, published_size) = match fs::read(&cp_path) {
+            Ok(b) => {
+                let v = note::open_checkpoint(&b, &verifier, None, None).with_context(|| {
+                    format!("the published checkpoint {} does not verify with the log key", cp_path.display())
+                })?;
+                let cp = v.checkpoint();
+                if cp.size > tree.size() {
+                    bail!(
+                        "the published checkpoint covers {} entries but the WAL holds only {}: \
+                         acknowledged entries are missing from {}; restore it from backup",
+                        cp.size,
+                        tree.size(),
+                        wal_path.display()
+                    );
+                }
+                let root = tree.root(cp.size)?;
+                if root != cp.root_hash {
+                    bail!(
+                        "the WAL's first {} entries hash to {} but the published checkpoint says {}; \
+                         the WAL was altered",
+                        cp.size,
+                        hex::encode(root),
+                        hex::encode(cp.root_hash)
+                    );
+                }
+                (b, cp.size)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
+            Err(e) => return Err(e).context("reading the published checkpoint"),
+        };
+
+        if truncated_bytes > 0 {
+            // Only now, with the published checkpoint known to be backed by the valid prefix:
+            // a torn tail was never fsynced, so never acknowledged; drop it.
+            wal.set_len(pos as u64)?;
+            wal.sync_all()?;
+        }
+
+        let mut store = Self {
+            dir: dir.to_path_buf(),
+            signer,
+            wal,
+            tree,
+            tail_entries: entries_since_tile,
+            checkpoint,
+            published_size,
+        };
+        let recovery = Recovery {
+            entries: store.tree.size(),
+            previous_checkpoint: published_size,
+            truncated_bytes,
+        };
+        // 3. Full entry bundles past the published size may not have been written before the
+        //    crash: rewrite them from the WAL (deterministic, so rewriting is harmless).
+        let size = store.tree.size();
+        for index in published_size / TILE_WIDTH..size / TILE_WIDTH {
+            let lo = (index * TILE_WIDTH) as usize;
+            let entries: Vec<&[u8]> = spans[lo..lo + TILE_WIDTH as usize]
+                .iter()
+                .map(|&(a, b)| &bytes[a..b])
+                .collect();
+            store.write_bundle(index, &entries)?;
+        }
+        drop(bytes);
+        // 4. Rewrite the right edge of the published tree if nothing new is to be published
+        //    (cheap; covers a lost directory entry), else publish everything the WAL holds.
+        if size == published_size {
+            store.write_tiles(&right_edge_tiles(published_size), published_size)?;
+        }
+        if store.checkpoint.is_empty() || size > published_size {
+            let from = published_size;
+            store.publish(from)?;
+        }
+        Ok((store, recovery))
+    }
+
+    /// The published signed checkpoint.
+    pub fn checkpoint(&self) -> &[u8] {
+        &self.checkpoint
+    }
+
+    /// The size of the published checkpoint.
+    pub fn published_size(&self) -> u64 {
+        self.published_size
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Append a batch durably and publish a checkpoint covering it; returns the first index.
+    pub fn append_batch<E: AsRef<[u8]>>(&mut self, entries: &[E]) -> anyhow::Result<u64> {
+        let first = self.tree.size();
+        if entries.is_empty() {
+            return Ok(first);
+        }
+        // 1. WAL append + fsync.
+        let mut buf = Vec::new();
+        for e in entries {
+            let e = e.as_ref();
+            anyhow::ensure!(e.len() <= tile::MAX_ENTRY_LEN, "entry of {} bytes is too long", e.len());
+            buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
+            buf.extend_from_slice(e);
+            buf.extend_from_slice(&merkle::leaf_hash(e));
+        }
+        self.wal.write_all(&buf).context("appending to the WAL")?;
+        self.wal.sync_data().context("fsync of the WAL")?;
+        // 2. Tree and entry bundle state.
+        for e in entries {
+            let e = e.as_ref();
+            self.tree.push_leaf_hash(merkle::leaf_hash(e));
+            self.tail_entries.push(e.to_vec());
+            if self.tail_entries.len() as u64 == TILE_WIDTH {
+                // A full bundle: write it now, then start the next.
+                let index = (self.tree.size() - 1) / TILE_WIDTH;
+                self.write_bundle(index, &self.tail_entries)?;
+                self.tail_entries.clear();
+            }
+        }
+        // 3. Tiles, then the checkpoint.
+        self.publish(first)?;
+        Ok(first)
+    }
+
+    fn write_bundle<E: AsRef<[u8]>>(&self, index: u64, entries: &[E]) -> anyhow::Result<PathBuf> {
+        let t = TilePath {
+            kind: TileKind::Entries,
+            index,
+            width: entries.len() as u16,
+        };
+        let path = self.dir.join(t.to_path());
+        if let Some(parent) = path.parent() {
+            let mut dirs = BTreeSet::new();
+            ensure_dir(parent, &mut dirs)?;
+            for d in &dirs {
+                fsync_dir(d)?;
+            }
+        }
+        write_atomic(&path, &tile::encode_entry_bundle(entries)?)?;
+        Ok(path)
+    }
+
+    /// Write tiles for sizes `from..size()`, fsync them, then sign and publish the checkpoint.
+    fn publish(&mut self, from: u64) -> anyhow::Result<()> {
+        let size = self.tree.size();
+        let tiles = tile::tiles_to_publish(from, size);
+        self.write_tiles(&tiles, size)?;
+        let cp = Checkpoint::new(self.signer.name(), size, self.tree.root(size)?);
+        let signed = note::sign_checkpoint(&cp, &self.signer)?;
+        write_atomic(&self.dir.join(CHECKPOINT), &signed)?;
+        fsync_dir(&self.dir)?;
+        self.checkpoint = signed;
+        self.published_size = size;
+        Ok(())
+    }
+
+    /// Write and fsync the given tiles of the tree of `size` leaves (entry bundles: only the
+    /// partial one; full bundles are written as they fill).
+    fn write_tiles(&self, tiles: &[TilePath], size: u64) -> anyhow::Result<()> {
+        let mut dirs = BTreeSet::new();
+        for t in tiles {
+            let path = self.dir.join(t.to_path());
+            match t.kind {
+                TileKind::Hash(level) => {
+                    let data = tile::hash_tile_data(&self.tree, level, t.index, t.width)?;
+                    if let Some(parent) = path.parent() {
+                        ensure_dir(parent, &mut dirs)?;
+                        dirs.insert(parent.to_path_buf());
+                    }
+                    write_atomic(&path, &data)?;
+                }
+                TileKind::Entries => {
+                    let partial_index = size / TILE_WIDTH;
+                    if t.is_full() {
+                        // Written when it filled (or present from before a restart).
+                        if path.exists() {
+                            if let Some(parent) = path.parent() {
+                                dirs.insert(parent.to_path_buf());
+                            }
+                            continue;
+                        }
+                        bail!("entry bundle {} is missing; the log directory is damaged", path.display());
+                    }
+                    if t.index != partial_index || t.width as usize != self.tail_entries.len() {
+                        bail!("internal error: partial bundle {} does not match the tail", t.to_path());
+                    }
+                    let p = self.write_bundle(t.index, &self.tail_entries)?;
+                    if let Some(parent) = p.parent() {
+                        dirs.insert(parent.to_path_buf());
+                    }
+                }
+            }
+        }
+        for d in &dirs {
+            fsync_dir(d)?;
+        }
+        Ok(())
+    }
+
+    /// Inclusion proof of `index` at the published size.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> anyhow::Result<Vec<Hash>> {
+        anyhow::ensure!(size <= self.published_size, "size {size} is not published yet");
+        Ok(self.tree.inclusion_proof(index, size)?)
+    }
+
+    /// Consistency proof between two published sizes.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> anyhow::Result<Vec<Hash>> {
+        anyhow::ensure!(new <= self.published_size, "size {new} is not published yet");
+        Ok(self.tree.consistency_proof(old, new)?)
+    }
+}
+
+/// For each level, the rightmost tile of a tree of `size` leaves (and the last entry bundle).
+fn right_edge_tiles(size: u64) -> Vec<TilePath> {
+    let mut out = Vec::new();
+    if size == 0 {
+        return out;
+    }
+    for level in 0u8.. {
+        let shift = u32::from(level) * 8;
+        let n = size.checked_shr(shift).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        let index = (n - 1) / TILE_WIDTH;
+        if let Some(t) = TilePath::for_tree(TileKind::Hash(level), index, size) {
+            out.push(t);
+            if level == 0 && !t.is_full() {
+                out.push(TilePath {
+                    kind: TileKind::Entries,
+                    ..t
+                });
+            }
+        }
+    }
+    out
+}
+
+/// One WAL record at `pos`: `(data, next position)`, or `None` if it is incomplete or corrupt.
+fn read_record(bytes: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+    let len_bytes: [u8; 4] = bytes.get(pos..pos + 4)?.try_into().ok()?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    if len > tile::MAX_ENTRY_LEN {
+        return None;
+    }
+    let data = bytes.get(pos + 4..pos + 4 + len)?;
+    let hash = bytes.get(pos + 4 + len..pos + 4 + len + 32)?;
+    (merkle::leaf_hash(data) == hash).then_some((data, pos + 4 + len + 32))
+}

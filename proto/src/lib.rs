@@ -11,6 +11,10 @@
 //! - [`replay`]: the node's replay guard.
 //! - [`v1`]: the generated gRPC messages (always) and stubs (features `client`, `server`).
 //!
+//! Features: by default only the prost message types of [`v1`] are generated, so the format
+//! and the messages build without tonic. `client` adds the tonic client stubs (the device),
+//! `server` adds the server traits (node and gateway); enable both for in-process tests.
+//!
 //! Everything here is sans-IO: bytes in, bytes out; the caller passes clocks and RNGs. Each
 //! function that draws randomness has a `*_with_rng` twin; the plain form uses the operating
 //! system's RNG.

@@ -1,5 +1,6 @@
 //! The checkpoint tracker (consistency, equivocation), witness policies, and tamper loops over
 //! signed checkpoints and inclusion bundles made with fresh keys.
+#![allow(clippy::unwrap_used)]
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -10,7 +11,9 @@ use tandem_attest::log::{Checkpoint, CheckpointTracker, InclusionBundle, LogErro
 const ORIGIN: &str = "test.tandem/log";
 
 fn signer(seed: u64) -> NoteSigner {
-    NoteSigner::generate_with_rng(&mut StdRng::seed_from_u64(seed), ORIGIN).unwrap().0
+    NoteSigner::generate_with_rng(&mut StdRng::seed_from_u64(seed), ORIGIN)
+        .unwrap()
+        .0
 }
 
 fn tree(n: u32, tag: &str) -> MemoryTree {
@@ -40,12 +43,18 @@ fn tracker_advances_with_consistency_and_reports_equivocation() {
     let c30 = open(&signed(&honest, 30, &s));
     assert_eq!(tr.proof_needed(c30.checkpoint()), Some((10, 30)));
     // No proof, or a wrong one, is refused and the tracker keeps the old checkpoint.
-    assert!(matches!(tr.observe(&c30, &[]), Err(LogError::ConsistencyProof { .. })));
+    assert!(matches!(
+        tr.observe(&c30, &[]),
+        Err(LogError::ConsistencyProof { .. })
+    ));
     let wrong = honest.consistency_proof(11, 30).unwrap();
     assert!(tr.observe(&c30, &wrong).is_err());
     assert_eq!(tr.newest().unwrap().size, 10);
     let p = honest.consistency_proof(10, 30).unwrap();
-    assert_eq!(tr.observe(&c30, &p).unwrap(), Observation::Advanced { from: 10 });
+    assert_eq!(
+        tr.observe(&c30, &p).unwrap(),
+        Observation::Advanced { from: 10 }
+    );
     assert_eq!(tr.newest().unwrap().size, 30);
 
     // An older checkpoint is fine if it is consistent with the newest.
@@ -60,13 +69,25 @@ fn tracker_advances_with_consistency_and_reports_equivocation() {
     let f30 = open(&signed(&forked, 30, &s));
     let err = tr.observe(&f30, &[]).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, LogError::Equivocation { size: 30, .. }), "{msg}");
-    assert!(msg.contains(&hex::encode(honest.root(30).unwrap())), "{msg}");
-    assert!(msg.contains(&hex::encode(forked.root(30).unwrap())), "{msg}");
+    assert!(
+        matches!(err, LogError::Equivocation { size: 30, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&hex::encode(honest.root(30).unwrap())),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&hex::encode(forked.root(30).unwrap())),
+        "{msg}"
+    );
     // A larger fork cannot be linked by any honest proof either.
     let f35 = open(&signed(&forked, 35, &s));
     let p = forked.consistency_proof(30, 35).unwrap();
-    assert!(matches!(tr.observe(&f35, &p), Err(LogError::ConsistencyProof { .. })));
+    assert!(matches!(
+        tr.observe(&f35, &p),
+        Err(LogError::ConsistencyProof { .. })
+    ));
     assert_eq!(tr.newest().unwrap().root_hash, honest.root(30).unwrap());
 }
 
@@ -76,13 +97,20 @@ fn checkpoints_of_another_log_or_key_are_refused() {
     let other = signer(2);
     let t = tree(5, "e");
     let b = signed(&t, 5, &other);
-    assert!(matches!(note::open_checkpoint(&b, &s.verifier(), None, None), Err(LogError::BadSignature(_))));
-    let (named, _) = NoteSigner::generate_with_rng(&mut StdRng::seed_from_u64(3), "other.log").unwrap();
+    assert!(matches!(
+        note::open_checkpoint(&b, &s.verifier(), None, None),
+        Err(LogError::BadSignature(_))
+    ));
+    let (named, _) =
+        NoteSigner::generate_with_rng(&mut StdRng::seed_from_u64(3), "other.log").unwrap();
     let c = Checkpoint::new("other.log", 5, t.root(5).unwrap());
     let b = note::sign_checkpoint(&c, &named).unwrap();
     let vc = note::open_checkpoint(&b, &named.verifier(), None, None).unwrap();
     let mut tr = CheckpointTracker::new(ORIGIN);
-    assert!(matches!(tr.observe(&vc, &[]), Err(LogError::OriginMismatch { .. })));
+    assert!(matches!(
+        tr.observe(&vc, &[]),
+        Err(LogError::OriginMismatch { .. })
+    ));
     // Signing a checkpoint whose origin differs from the key name is caller misuse.
     assert!(note::sign_checkpoint(&c, &s).is_err());
 }
@@ -92,7 +120,9 @@ fn witness_policy_truth_table() {
     let s = signer(1);
     let t = tree(9, "e");
     let mut rng = StdRng::seed_from_u64(7);
-    let w: Vec<Cosigner> = (0..3).map(|i| Cosigner::generate_with_rng(&mut rng, &format!("w{i}.example")).unwrap()).collect();
+    let w: Vec<Cosigner> = (0..3)
+        .map(|i| Cosigner::generate_with_rng(&mut rng, &format!("w{i}.example")).unwrap())
+        .collect();
     let base = signed(&t, 9, &s);
     // Notes cosigned by the subsets {}, {w0}, {w0,w1}, {w0,w1,w2}.
     let mut notes = vec![base.clone()];
@@ -105,8 +135,17 @@ fn witness_policy_truth_table() {
     for (signed_by, note_bytes) in notes.iter().enumerate() {
         for required in 0..=3usize {
             let policy = WitnessPolicy::new(keys.clone(), required).unwrap();
-            let r = note::open_checkpoint(note_bytes, &s.verifier(), Some(&policy), Some((1_700_000_100, 60)));
-            assert_eq!(r.is_ok(), signed_by >= required, "signed by {signed_by}, required {required}: {r:?}");
+            let r = note::open_checkpoint(
+                note_bytes,
+                &s.verifier(),
+                Some(&policy),
+                Some((1_700_000_100, 60)),
+            );
+            assert_eq!(
+                r.is_ok(),
+                signed_by >= required,
+                "signed by {signed_by}, required {required}: {r:?}"
+            );
             if let Ok(v) = r {
                 assert_eq!(v.cosignatures().len(), signed_by);
             }
@@ -126,7 +165,15 @@ fn witness_policy_truth_table() {
     // A cosignature from the future (beyond skew) is refused.
     let future = w[0].cosign(&notes[0], 1_800_000_000).unwrap();
     let need1 = WitnessPolicy::new(keys, 1).unwrap();
-    assert!(note::open_checkpoint(&future, &s.verifier(), Some(&need1), Some((1_700_000_000, 60))).is_err());
+    assert!(
+        note::open_checkpoint(
+            &future,
+            &s.verifier(),
+            Some(&need1),
+            Some((1_700_000_000, 60))
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -147,7 +194,10 @@ fn signed_checkpoint_tamper_loop() {
             let mut m = b.clone();
             m[i] ^= 1 << bit;
             if let Ok(v) = open(&m) {
-                panic!("byte {i} bit {bit} accepted: {:?} vs {orig:?}", v.checkpoint());
+                panic!(
+                    "byte {i} bit {bit} accepted: {:?} vs {orig:?}",
+                    v.checkpoint()
+                );
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The log server as a real process on loopback: appends, proofs, audit, and crash safety
 //! (SIGKILL at random points during concurrent appends, then reopen).
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,7 +22,11 @@ fn keygen(dir: &Path) -> (PathBuf, NoteVerifier) {
         .arg(&key)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let vkey = String::from_utf8(out.stdout).unwrap();
     (key, NoteVerifier::new(vkey.trim()).unwrap())
 }
@@ -83,7 +88,11 @@ async fn checkpoint(c: &reqwest::Client, url: &str, log: &NoteVerifier) -> Verif
 }
 
 /// Replay every entry bundle under the checkpoint; returns the entries (root checked).
-async fn replay(c: &reqwest::Client, url: &str, cp: &VerifiedCheckpoint) -> (Vec<Vec<u8>>, MemoryTree) {
+async fn replay(
+    c: &reqwest::Client,
+    url: &str,
+    cp: &VerifiedCheckpoint,
+) -> (Vec<Vec<u8>>, MemoryTree) {
     let size = cp.checkpoint().size;
     let mut entries = Vec::new();
     let mut tree = MemoryTree::new();
@@ -95,7 +104,11 @@ async fn replay(c: &reqwest::Client, url: &str, cp: &VerifiedCheckpoint) -> (Vec
             entries.push(e);
         }
     }
-    assert_eq!(tree.root(size).unwrap(), cp.checkpoint().root_hash, "served entries match the checkpoint");
+    assert_eq!(
+        tree.root(size).unwrap(),
+        cp.checkpoint().root_hash,
+        "served entries match the checkpoint"
+    );
     (entries, tree)
 }
 
@@ -105,28 +118,52 @@ fn check_disk_backs_checkpoint(dir: &Path, log: &NoteVerifier, round: u32) {
     let Ok(b) = std::fs::read(dir.join("checkpoint")) else {
         return; // killed before the first checkpoint was published
     };
-    let cp = note::open_checkpoint(&b, log, None, None).unwrap_or_else(|e| panic!("round {round}: {e}"));
+    let cp =
+        note::open_checkpoint(&b, log, None, None).unwrap_or_else(|e| panic!("round {round}: {e}"));
     let size = cp.checkpoint().size;
     let mut tree = MemoryTree::new();
     for i in 0..size.div_ceil(TILE_WIDTH) {
         let t = TilePath::for_tree(TileKind::Entries, i, size).unwrap();
-        let data = std::fs::read(dir.join(t.to_path()))
-            .unwrap_or_else(|e| panic!("round {round}: {} missing under checkpoint {size}: {e}", t.to_path()));
+        let data = std::fs::read(dir.join(t.to_path())).unwrap_or_else(|e| {
+            panic!(
+                "round {round}: {} missing under checkpoint {size}: {e}",
+                t.to_path()
+            )
+        });
         for e in tile::parse_entry_bundle(&data, t.width).unwrap() {
             tree.push(&e);
         }
     }
-    assert_eq!(tree.root(size).unwrap(), cp.checkpoint().root_hash, "round {round}: bundles on disk back the checkpoint");
+    assert_eq!(
+        tree.root(size).unwrap(),
+        cp.checkpoint().root_hash,
+        "round {round}: bundles on disk back the checkpoint"
+    );
     for t in tile::tiles_to_publish(0, size) {
-        let TileKind::Hash(level) = t.kind else { continue };
-        let data = std::fs::read(dir.join(t.to_path()))
-            .unwrap_or_else(|e| panic!("round {round}: {} missing under checkpoint {size}: {e}", t.to_path()));
-        assert_eq!(data, tile::hash_tile_data(&tree, level, t.index, t.width).unwrap(), "round {round}: {}", t.to_path());
+        let TileKind::Hash(level) = t.kind else {
+            continue;
+        };
+        let data = std::fs::read(dir.join(t.to_path())).unwrap_or_else(|e| {
+            panic!(
+                "round {round}: {} missing under checkpoint {size}: {e}",
+                t.to_path()
+            )
+        });
+        assert_eq!(
+            data,
+            tile::hash_tile_data(&tree, level, t.index, t.width).unwrap(),
+            "round {round}: {}",
+            t.to_path()
+        );
     }
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -137,59 +174,136 @@ fn serve_append_prove_audit_through_the_cli() {
     let vkey = log.vkey().to_owned();
     let cli = |args: &[&str]| {
         let out = Command::new(BIN).args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let entry = tmp.path().join("entry");
     for i in 0..300u32 {
         std::fs::write(&entry, format!("release {i}")).unwrap();
         if i % 100 == 0 || i == 299 {
-            let (ok, out, err) = cli(&["log", "append", "--log", &server.url, "--log-key", &vkey, "--json", entry.to_str().unwrap()]);
+            let (ok, out, err) = cli(&[
+                "log",
+                "append",
+                "--log",
+                &server.url,
+                "--log-key",
+                &vkey,
+                "--json",
+                entry.to_str().unwrap(),
+            ]);
             assert!(ok, "{err}");
             let b: InclusionBundle = serde_json::from_str(&out).unwrap();
             assert_eq!(b.index, u64::from(i));
-            b.verify(format!("release {i}").as_bytes(), &log, None, None).unwrap();
+            b.verify(format!("release {i}").as_bytes(), &log, None, None)
+                .unwrap();
         } else {
             rt().block_on(async {
                 let c = reqwest::Client::new();
-                let r = c.post(format!("{}/add", server.url)).body(format!("release {i}")).send().await.unwrap();
+                let r = c
+                    .post(format!("{}/add", server.url))
+                    .body(format!("release {i}"))
+                    .send()
+                    .await
+                    .unwrap();
                 assert!(r.status().is_success());
             });
         }
     }
     let saved = tmp.path().join("saved.cp");
-    let (ok, _, err) = cli(&["log", "checkpoint", "--log", &server.url, "--log-key", &vkey, "--out", saved.to_str().unwrap()]);
+    let (ok, _, err) = cli(&[
+        "log",
+        "checkpoint",
+        "--log",
+        &server.url,
+        "--log-key",
+        &vkey,
+        "--out",
+        saved.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     std::fs::write(&entry, "release 7").unwrap();
-    let (ok, out, err) = cli(&["log", "prove", "--log", &server.url, "--log-key", &vkey, "--index", "7", entry.to_str().unwrap()]);
+    let (ok, out, err) = cli(&[
+        "log",
+        "prove",
+        "--log",
+        &server.url,
+        "--log-key",
+        &vkey,
+        "--index",
+        "7",
+        entry.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("entry 7 is included"), "{out}");
-    let (ok, _, _) = cli(&["log", "prove", "--log", &server.url, "--log-key", &vkey, "--index", "8", entry.to_str().unwrap()]);
+    let (ok, _, _) = cli(&[
+        "log",
+        "prove",
+        "--log",
+        &server.url,
+        "--log-key",
+        &vkey,
+        "--index",
+        "8",
+        entry.to_str().unwrap(),
+    ]);
     assert!(!ok, "the wrong index must not prove");
     // More entries, then an audit against the saved checkpoint.
     rt().block_on(async {
         let c = reqwest::Client::new();
         for i in 300..600u32 {
-            let r = c.post(format!("{}/add", server.url)).body(format!("release {i}")).send().await.unwrap();
+            let r = c
+                .post(format!("{}/add", server.url))
+                .body(format!("release {i}"))
+                .send()
+                .await
+                .unwrap();
             assert!(r.status().is_success());
         }
     });
-    let (ok, out, err) = cli(&["log", "audit", "--log", &server.url, "--log-key", &vkey, "--json", "--checkpoint", saved.to_str().unwrap()]);
+    let (ok, out, err) = cli(&[
+        "log",
+        "audit",
+        "--log",
+        &server.url,
+        "--log-key",
+        &vkey,
+        "--json",
+        "--checkpoint",
+        saved.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["entries_replayed"], 600);
     assert_eq!(v["consistent_with_saved"], "Advanced { from: 300 }");
     // The wrong log key is refused.
     let other = tmp.path().join("other.key");
-    let o = Command::new(BIN).args(["log", "keygen", "--origin", "test.tandem/log", "--out"]).arg(&other).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["log", "keygen", "--origin", "test.tandem/log", "--out"])
+        .arg(&other)
+        .output()
+        .unwrap();
     let other_vkey = String::from_utf8(o.stdout).unwrap();
-    let (ok, _, err) = cli(&["log", "checkpoint", "--log", &server.url, "--log-key", other_vkey.trim()]);
+    let (ok, _, err) = cli(&[
+        "log",
+        "checkpoint",
+        "--log",
+        &server.url,
+        "--log-key",
+        other_vkey.trim(),
+    ]);
     assert!(!ok);
     assert!(err.contains("signature"), "{err}");
 }
 
 #[test]
 fn sigkill_during_appends_loses_no_acknowledged_entry() {
-    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     eprintln!("CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
@@ -199,7 +313,8 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
     let mut tracker = CheckpointTracker::new("test.tandem/log");
     let runtime = rt();
     for round in 0..8u32 {
-        let server = Server::start(&dir, &key).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let server = Server::start(&dir, &key)
+            .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
         let c = reqwest::Client::new();
         // After a crash: the checkpoint covers every acknowledged entry, the entries are the
         // ones acknowledged, and the new checkpoint extends every earlier one.
@@ -207,13 +322,19 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
             let cp = checkpoint(&c, &server.url, &log).await;
             let (entries, tree) = replay(&c, &server.url, &cp).await;
             for (i, e) in &acked {
-                assert_eq!(entries.get(*i as usize), Some(e), "round {round}: acknowledged entry {i} lost or changed");
+                assert_eq!(
+                    entries.get(*i as usize),
+                    Some(e),
+                    "round {round}: acknowledged entry {i} lost or changed"
+                );
             }
             let proof = match tracker.proof_needed(cp.checkpoint()) {
                 Some((a, b)) => tree.consistency_proof(a, b).unwrap(),
                 None => Vec::new(),
             };
-            tracker.observe(&cp, &proof).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            tracker
+                .observe(&cp, &proof)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
         });
         // Concurrent writers; kill the server at a random moment.
         let delay = Duration::from_millis(rng.gen_range(20..400));
@@ -228,10 +349,12 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
                     for k in 0..10_000u32 {
                         let body = format!("round {round} writer {w} entry {k}").into_bytes();
                         match c.post(format!("{url}/add")).body(body.clone()).send().await {
-                            Ok(r) if r.status().is_success() => match r.json::<InclusionBundle>().await {
-                                Ok(b) => got.push((b, body)),
-                                Err(_) => break,
-                            },
+                            Ok(r) if r.status().is_success() => {
+                                match r.json::<InclusionBundle>().await {
+                                    Ok(b) => got.push((b, body)),
+                                    Err(_) => break,
+                                }
+                            }
                             _ => break,
                         }
                     }
@@ -252,7 +375,10 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
         }
         // Before any recovery runs: the checkpoint left on disk is backed by the tiles on disk.
         check_disk_backs_checkpoint(&dir, &log, round);
-        eprintln!("round {round}: killed after {delay:?}, {} acknowledged so far", acked.len());
+        eprintln!(
+            "round {round}: killed after {delay:?}, {} acknowledged so far",
+            acked.len()
+        );
     }
     assert!(!acked.is_empty());
     // A final clean open sees everything.
@@ -277,7 +403,11 @@ fn damaged_storage_is_refused_with_a_clear_error() {
         rt().block_on(async {
             let c = reqwest::Client::new();
             for i in 0..50u32 {
-                c.post(format!("{}/add", server.url)).body(format!("e{i}")).send().await.unwrap();
+                c.post(format!("{}/add", server.url))
+                    .body(format!("e{i}"))
+                    .send()
+                    .await
+                    .unwrap();
             }
         });
     }
@@ -288,7 +418,10 @@ fn damaged_storage_is_refused_with_a_clear_error() {
     bad[4] ^= 1;
     std::fs::write(&wal, &bad).unwrap();
     let err = Server::start(&dir, &key).err().expect("must refuse");
-    assert!(err.contains("WAL holds only") || err.contains("altered"), "{err}");
+    assert!(
+        err.contains("WAL holds only") || err.contains("altered"),
+        "{err}"
+    );
     // Entries cut off below the published checkpoint: acknowledged entries missing.
     std::fs::write(&wal, &good[..good.len() / 2]).unwrap();
     let err = Server::start(&dir, &key).err().expect("must refuse");

@@ -2,6 +2,7 @@
 //! RFC 6962 / RFC 9162 Merkle hashing and proofs (transparency-dev/merkle), C2SP signed notes
 //! (golang.org/x/mod sumdb/note), and a real checkpoint with C2SP tlog-cosignature witness
 //! cosignatures.
+#![allow(clippy::unwrap_used)]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -60,7 +61,11 @@ fn hex_hash(s: &str) -> Hash {
 }
 
 fn b64_proof(p: &Option<Vec<String>>) -> Option<Vec<Hash>> {
-    p.as_deref().unwrap_or_default().iter().map(|s| b64_hash(s)).collect()
+    p.as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| b64_hash(s))
+        .collect()
 }
 
 #[test]
@@ -70,11 +75,20 @@ fn rfc6962_roots_and_node_hashes() {
     assert_eq!(tree.root(0).unwrap(), hex_hash(&v.roots_hex[0]));
     for (i, leaf) in v.leaves_hex.iter().enumerate() {
         tree.push(&hex::decode(leaf).unwrap());
-        assert_eq!(tree.root(i as u64 + 1).unwrap(), hex_hash(&v.roots_hex[i + 1]), "size {}", i + 1);
+        assert_eq!(
+            tree.root(i as u64 + 1).unwrap(),
+            hex_hash(&v.roots_hex[i + 1]),
+            "size {}",
+            i + 1
+        );
     }
     for (level, hashes) in v.node_hashes_hex.iter().enumerate() {
         for (i, h) in hashes.iter().enumerate() {
-            assert_eq!(tree.level(level as u8)[i], hex_hash(h), "level {level} index {i}");
+            assert_eq!(
+                tree.level(level as u8)[i],
+                hex_hash(h),
+                "level {level} index {i}"
+            );
         }
     }
 }
@@ -84,7 +98,11 @@ fn transparency_dev_inclusion_cases() {
     let v: MerkleVectors = load("transparency-dev-merkle-rfc6962.json");
     assert!(!v.inclusion.is_empty());
     for c in &v.inclusion {
-        let parsed = (b64_hash(&c.leaf_hash), b64_hash(&c.root), b64_proof(&c.proof));
+        let parsed = (
+            b64_hash(&c.leaf_hash),
+            b64_hash(&c.root),
+            b64_proof(&c.proof),
+        );
         let result = match parsed {
             (Some(leaf), Some(root), Some(proof)) => {
                 merkle::verify_inclusion(&leaf, c.leaf_idx, c.tree_size, &proof, &root)
@@ -119,11 +137,21 @@ fn generated_proofs_equal_the_reference_proofs() {
     }
     for c in v.inclusion.iter().filter(|c| !c.want_err) {
         let want = b64_proof(&c.proof).unwrap();
-        assert_eq!(tree.inclusion_proof(c.leaf_idx, c.tree_size).unwrap(), want, "{}", c.file);
+        assert_eq!(
+            tree.inclusion_proof(c.leaf_idx, c.tree_size).unwrap(),
+            want,
+            "{}",
+            c.file
+        );
     }
     for c in v.consistency.iter().filter(|c| !c.want_err) {
         let want = b64_proof(&c.proof).unwrap();
-        assert_eq!(tree.consistency_proof(c.size1, c.size2).unwrap(), want, "{}", c.file);
+        assert_eq!(
+            tree.consistency_proof(c.size1, c.size2).unwrap(),
+            want,
+            "{}",
+            c.file
+        );
     }
 }
 
@@ -139,7 +167,11 @@ struct NoteExample {
 fn go_sumdb_note_example_signs_and_verifies_byte_for_byte() {
     let v: NoteExample = load("go-sumdb-note-example.json");
     let signer = NoteSigner::from_skey(&v.skey).unwrap();
-    assert_eq!(signer.vkey(), v.vkey, "the verifier key derived from the private key");
+    assert_eq!(
+        signer.vkey(),
+        v.vkey,
+        "the verifier key derived from the private key"
+    );
     // Ed25519 is deterministic, so our signature must be the published one.
     let signed = note::sign_note(v.text.as_bytes(), &[&signer]).unwrap();
     assert_eq!(String::from_utf8(signed).unwrap(), v.signed_note);
@@ -160,7 +192,10 @@ fn go_sumdb_note_tamper_loop() {
     let verifier = NoteVerifier::new(&v.vkey).unwrap();
     let b = v.signed_note.as_bytes();
     for cut in 0..b.len() {
-        assert!(note::open_note(&b[..cut], &[&verifier]).is_err(), "cut {cut}");
+        assert!(
+            note::open_note(&b[..cut], &[&verifier]).is_err(),
+            "cut {cut}"
+        );
     }
     for i in 0..b.len() {
         for bit in 0..8 {
@@ -169,7 +204,10 @@ fn go_sumdb_note_tamper_loop() {
             if let Ok(opened) = note::open_note(&m, &[&verifier]) {
                 // The only accepted change is one that leaves the signed text and a valid
                 // signature intact (there is none in this note: every byte is covered).
-                panic!("byte {i} bit {bit} accepted: {:?}", String::from_utf8_lossy(&opened.text));
+                panic!(
+                    "byte {i} bit {bit} accepted: {:?}",
+                    String::from_utf8_lossy(&opened.text)
+                );
             }
         }
     }
@@ -194,7 +232,11 @@ struct CosignedCheckpoint {
 fn real_checkpoint_with_witness_cosignatures() {
     let v: CosignedCheckpoint = load("arche2025h1-cosigned-checkpoint.json");
     let log = NoteVerifier::new(&v.log_vkey).unwrap();
-    let witnesses: Vec<CosignerKey> = v.witness_vkeys.iter().map(|k| CosignerKey::new(k).unwrap()).collect();
+    let witnesses: Vec<CosignerKey> = v
+        .witness_vkeys
+        .iter()
+        .map(|k| CosignerKey::new(k).unwrap())
+        .collect();
     for w in &v.witness_vkeys {
         assert_eq!(&CosignerKey::new(w).unwrap().vkey(), w);
     }
@@ -204,8 +246,11 @@ fn real_checkpoint_with_witness_cosignatures() {
     assert_eq!(verified.cosignatures().len(), 4);
 
     // Witnesses that did not sign do not count.
-    let mut others: Vec<CosignerKey> =
-        v.unrelated_witness_vkeys.iter().map(|k| CosignerKey::new(k).unwrap()).collect();
+    let mut others: Vec<CosignerKey> = v
+        .unrelated_witness_vkeys
+        .iter()
+        .map(|k| CosignerKey::new(k).unwrap())
+        .collect();
     others.push(witnesses[0].clone());
     let need_two = WitnessPolicy::new(others, 2).unwrap();
     assert!(matches!(
@@ -214,7 +259,15 @@ fn real_checkpoint_with_witness_cosignatures() {
     ));
 
     // A cosignature in the future beyond the allowed skew is rejected (timestamps are 2026).
-    assert!(note::open_checkpoint(v.checkpoint.as_bytes(), &log, Some(&all), Some((1_000_000_000, 60))).is_err());
+    assert!(
+        note::open_checkpoint(
+            v.checkpoint.as_bytes(),
+            &log,
+            Some(&all),
+            Some((1_000_000_000, 60))
+        )
+        .is_err()
+    );
 
     // Changing the size breaks the log signature.
     let forged = v.checkpoint.replace("1432088532", "1432088533");

@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
         let leaf = merkle::leaf_hash(&[3]);
         if merkle::verify_inclusion(&leaf, a, b, &proof, &root13).is_ok() {
             // Passing means the path really hashes to the 13-leaf root.
-            assert_eq!(merkle::root_from_inclusion_proof(&leaf, a, b, &proof), Some(root13));
+            assert_eq!(
+                merkle::root_from_inclusion_proof(&leaf, a, b, &proof),
+                Some(root13)
+            );
         }
         let root5 = tree.root(5).expect("size 5");
         let _ = merkle::verify_consistency(a, b, &root5, &root13, &proof);

@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
         let width = u16::from(w) + 1;
         if let Ok(entries) = tile::parse_entry_bundle(rest, width) {
             assert_eq!(entries.len(), usize::from(width));
-            assert_eq!(tile::encode_entry_bundle(&entries).ok().as_deref(), Some(rest));
+            assert_eq!(
+                tile::encode_entry_bundle(&entries).ok().as_deref(),
+                Some(rest)
+            );
         }
     }
 });

@@ -69,13 +69,19 @@ impl Checkpoint {
         let size_line = lines
             .next()
             .ok_or_else(|| malformed("the tree size line is missing"))?;
-        let size = parse_decimal(size_line)
-            .ok_or_else(|| malformed(format!("tree size {size_line:?} is not a canonical decimal number")))?;
+        let size = parse_decimal(size_line).ok_or_else(|| {
+            malformed(format!(
+                "tree size {size_line:?} is not a canonical decimal number"
+            ))
+        })?;
         let hash_line = lines
             .next()
             .ok_or_else(|| malformed("the root hash line is missing"))?;
-        let root_hash = parse_hash(hash_line)
-            .ok_or_else(|| malformed(format!("root hash {hash_line:?} is not 32 bytes of canonical base64")))?;
+        let root_hash = parse_hash(hash_line).ok_or_else(|| {
+            malformed(format!(
+                "root hash {hash_line:?} is not 32 bytes of canonical base64"
+            ))
+        })?;
         let mut extensions = Vec::new();
         for line in lines {
             if line.is_empty() {
@@ -96,7 +102,12 @@ impl Checkpoint {
 
     /// Encode the checkpoint body.
     pub fn encode(&self) -> String {
-        let mut s = format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root_hash));
+        let mut s = format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root_hash)
+        );
         for e in &self.extensions {
             s.push_str(e);
             s.push('\n');
@@ -107,7 +118,8 @@ impl Checkpoint {
 
 /// A decimal with no sign and no leading zeros (except "0" itself).
 fn parse_decimal(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
         return None;
     }
     s.parse().ok()
@@ -122,10 +134,12 @@ pub(crate) fn parse_hash(s: &str) -> Option<Hash> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
+    const EXAMPLE: &str =
+        "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
 
     #[test]
     fn parses_the_spec_example_and_round_trips() {
@@ -134,8 +148,13 @@ mod tests {
         assert_eq!(c.size, 20_852_163);
         assert_eq!(c.encode(), EXAMPLE);
         let mut with_ext = c.clone();
-        with_ext.extensions.push("Timestamp: 1689748607742585419".into());
-        assert_eq!(Checkpoint::parse(with_ext.encode().as_bytes()).unwrap(), with_ext);
+        with_ext
+            .extensions
+            .push("Timestamp: 1689748607742585419".into());
+        assert_eq!(
+            Checkpoint::parse(with_ext.encode().as_bytes()).unwrap(),
+            with_ext
+        );
     }
 
     #[test]

@@ -69,7 +69,9 @@ pub enum LogError {
     #[error("bad key: {0}")]
     BadKey(String),
     /// The checkpoint is for a different log than the key.
-    #[error("checkpoint origin {origin:?} is not the expected log {expected:?}; is the log key right?")]
+    #[error(
+        "checkpoint origin {origin:?} is not the expected log {expected:?}; is the log key right?"
+    )]
     OriginMismatch {
         /// Origin found.
         origin: String,
@@ -77,7 +79,9 @@ pub enum LogError {
         expected: String,
     },
     /// Too few of the policy's witnesses cosigned.
-    #[error("only {got} of the {need} required witnesses cosigned the checkpoint; fetch a newer, cosigned checkpoint or check the witness keys")]
+    #[error(
+        "only {got} of the {need} required witnesses cosigned the checkpoint; fetch a newer, cosigned checkpoint or check the witness keys"
+    )]
     WitnessQuorum {
         /// Valid cosignatures from listed witnesses.
         got: usize,

@@ -451,6 +451,7 @@ impl HashSource for MemoryTree {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -479,7 +480,15 @@ mod tests {
 
     #[test]
     fn split_is_largest_power_of_two_below() {
-        for (n, k) in [(2, 1), (3, 2), (4, 2), (5, 4), (8, 4), (9, 8), (1 << 40, 1 << 39)] {
+        for (n, k) in [
+            (2, 1),
+            (3, 2),
+            (4, 2),
+            (5, 4),
+            (8, 4),
+            (9, 8),
+            (1 << 40, 1 << 39),
+        ] {
             assert_eq!(split(n), k, "n={n}");
         }
     }
@@ -488,7 +497,11 @@ mod tests {
     fn roots_match_naive_definition() {
         let (t, leaves) = tree(70);
         for size in 0..=70u64 {
-            assert_eq!(t.root(size).unwrap(), mth(&leaves[..size as usize]), "size {size}");
+            assert_eq!(
+                t.root(size).unwrap(),
+                mth(&leaves[..size as usize]),
+                "size {size}"
+            );
         }
         assert!(t.root(71).is_err());
     }
@@ -541,7 +554,9 @@ mod tests {
         assert!(t.inclusion_proof(5, 5).is_err());
         assert!(t.consistency_proof(4, 3).is_err());
         assert!(verify_inclusion(&leaves[0], 0, 0, &[], &EMPTY_ROOT).is_err());
-        assert!(verify_inclusion(&leaves[0], u64::MAX, u64::MAX, &[[0; 32]; 65], &EMPTY_ROOT).is_err());
+        assert!(
+            verify_inclusion(&leaves[0], u64::MAX, u64::MAX, &[[0; 32]; 65], &EMPTY_ROOT).is_err()
+        );
         assert!(verify_consistency(3, 2, &EMPTY_ROOT, &EMPTY_ROOT, &[]).is_err());
         assert!(verify_consistency(1, u64::MAX, &EMPTY_ROOT, &EMPTY_ROOT, &[[0; 32]; 3]).is_err());
     }

@@ -16,5 +16,7 @@ pub use checkpoint::Checkpoint;
 pub use client::{CheckpointTracker, Observation};
 pub use error::LogError;
 pub use merkle::{Hash, leaf_hash, node_hash, verify_consistency, verify_inclusion};
-pub use note::{CosignerKey, NoteSigner, NoteVerifier, VerifiedCheckpoint, WitnessPolicy, open_checkpoint};
+pub use note::{
+    CosignerKey, NoteSigner, NoteVerifier, VerifiedCheckpoint, WitnessPolicy, open_checkpoint,
+};
 pub use proof::{InclusionBundle, VerifiedInclusion};

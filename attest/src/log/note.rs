@@ -11,7 +11,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use rand_core::CryptoRngCore;
-use signed_note::{Note, NoteError, Signer as _, StandardSigner, StandardVerifier, Verifier as _, VerifierList};
+use signed_note::{
+    Note, NoteError, Signer as _, StandardSigner, StandardVerifier, Verifier as _, VerifierList,
+};
 
 use super::LogError;
 use super::checkpoint::Checkpoint;
@@ -27,7 +29,8 @@ fn note_err(e: NoteError) -> LogError {
             "the signature of key {name}+{id:08x} does not verify: the note was altered or signed with another key"
         )),
         NoteError::UnverifiedNote => LogError::BadSignature(
-            "the note carries no signature from the expected key; is the verifier key right?".into(),
+            "the note carries no signature from the expected key; is the verifier key right?"
+                .into(),
         ),
         NoteError::MalformedNote => {
             LogError::MalformedNote("not a well-formed C2SP signed note".into())
@@ -45,14 +48,19 @@ pub struct NoteSigner {
 
 impl fmt::Debug for NoteSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NoteSigner").field("vkey", &self.vkey).finish_non_exhaustive()
+        f.debug_struct("NoteSigner")
+            .field("vkey", &self.vkey)
+            .finish_non_exhaustive()
     }
 }
 
 impl NoteSigner {
     /// Generate a new key named `name`; returns the signer and its private key encoding
     /// (`PRIVATE+KEY+<name>+<id>+<base64>`).
-    pub fn generate_with_rng<R: CryptoRngCore>(rng: &mut R, name: &str) -> Result<(Self, String), LogError> {
+    pub fn generate_with_rng<R: CryptoRngCore>(
+        rng: &mut R,
+        name: &str,
+    ) -> Result<(Self, String), LogError> {
         if !signed_note::is_key_name_valid(name) {
             return Err(LogError::BadKey(format!(
                 "key name {name:?} is not valid: it must be non-empty, without spaces or '+'"
@@ -65,7 +73,9 @@ impl NoteSigner {
     /// Load a signer from its private key encoding.
     pub fn from_skey(skey: &str) -> Result<Self, LogError> {
         let inner = StandardSigner::new(skey.trim()).map_err(|e| {
-            LogError::BadKey(format!("the private key is not a C2SP Ed25519 note key ({e})"))
+            LogError::BadKey(format!(
+                "the private key is not a C2SP Ed25519 note key ({e})"
+            ))
         })?;
         // The private key encoding holds the seed; the verifier key is derived from it.
         // `PRIVATE+KEY+<name>+<id>+<base64>`; the base64 itself may contain '+'.
@@ -147,8 +157,10 @@ impl NoteVerifier {
 /// Sign `text` (which must end in a newline) as a C2SP signed note with every signer.
 pub fn sign_note(text: &[u8], signers: &[&NoteSigner]) -> Result<Vec<u8>, LogError> {
     let mut note = Note::new(text, &[]).map_err(note_err)?;
-    let dyn_signers: Vec<&dyn signed_note::Signer> =
-        signers.iter().map(|s| &s.inner as &dyn signed_note::Signer).collect();
+    let dyn_signers: Vec<&dyn signed_note::Signer> = signers
+        .iter()
+        .map(|s| &s.inner as &dyn signed_note::Signer)
+        .collect();
     note.add_sigs(&dyn_signers).map_err(note_err)?;
     Ok(note.to_bytes())
 }
@@ -194,8 +206,12 @@ impl CosignerKey {
     pub fn new(vkey: &str) -> Result<Self, LogError> {
         let vkey = vkey.trim();
         let bad = |why: &str| LogError::BadKey(format!("witness key {vkey:?}: {why}"));
-        let (name, rest) = vkey.split_once('+').ok_or_else(|| bad("expected name+id+base64"))?;
-        let (id_hex, key_b64) = rest.split_once('+').ok_or_else(|| bad("expected name+id+base64"))?;
+        let (name, rest) = vkey
+            .split_once('+')
+            .ok_or_else(|| bad("expected name+id+base64"))?;
+        let (id_hex, key_b64) = rest
+            .split_once('+')
+            .ok_or_else(|| bad("expected name+id+base64"))?;
         if !signed_note::is_key_name_valid(name) {
             return Err(bad("the name is empty or has spaces or '+'"));
         }
@@ -203,11 +219,15 @@ impl CosignerKey {
             return Err(bad("the key id is not 8 hex digits"));
         }
         let key_id = u32::from_str_radix(id_hex, 16).map_err(|_| bad("the key id is not hex"))?;
-        let raw = B64.decode(key_b64).map_err(|_| bad("the key is not base64"))?;
+        let raw = B64
+            .decode(key_b64)
+            .map_err(|_| bad("the key is not base64"))?;
         if raw.first() != Some(&ALG_COSIGNATURE_V1) {
             return Err(bad("not a cosignature/v1 key (type byte 0x04)"));
         }
-        let pk: [u8; 32] = raw[1..].try_into().map_err(|_| bad("the key is not 32 bytes"))?;
+        let pk: [u8; 32] = raw[1..]
+            .try_into()
+            .map_err(|_| bad("the key is not 32 bytes"))?;
         let key = VerifyingKey::from_bytes(&pk).map_err(|_| bad("not a valid Ed25519 point"))?;
         if signed_note::key_id(name, &raw) != key_id {
             return Err(bad("the key id does not match the name and key"));
@@ -242,7 +262,10 @@ impl CosignerKey {
         }
         let ed_sig = ed25519_dalek::Signature::from_slice(&sig[8..]).ok()?;
         let msg = cosigned_message(timestamp, checkpoint_text);
-        self.key.verify_strict(&msg, &ed_sig).ok().map(|()| timestamp)
+        self.key
+            .verify_strict(&msg, &ed_sig)
+            .ok()
+            .map(|()| timestamp)
     }
 }
 
@@ -265,7 +288,9 @@ pub struct Cosigner {
 
 impl fmt::Debug for Cosigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cosigner").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Cosigner")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -273,7 +298,9 @@ impl Cosigner {
     /// A new random witness key named `name`.
     pub fn generate_with_rng<R: CryptoRngCore>(rng: &mut R, name: &str) -> Result<Self, LogError> {
         if !signed_note::is_key_name_valid(name) {
-            return Err(LogError::BadKey(format!("witness name {name:?} is not a valid key name")));
+            return Err(LogError::BadKey(format!(
+                "witness name {name:?} is not a valid key name"
+            )));
         }
         let key = SigningKey::generate(rng);
         let mut raw = vec![ALG_COSIGNATURE_V1];
@@ -338,7 +365,10 @@ impl WitnessPolicy {
                 witnesses.len()
             )));
         }
-        Ok(Self { witnesses, required })
+        Ok(Self {
+            witnesses,
+            required,
+        })
     }
 
     /// Number of distinct witnesses required.

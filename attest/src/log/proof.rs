@@ -52,7 +52,9 @@ impl InclusionBundle {
             .enumerate()
             .map(|(i, s)| {
                 parse_hash(s).ok_or_else(|| {
-                    LogError::MalformedProof(format!("inclusion proof hash {i} is not 32 bytes of base64"))
+                    LogError::MalformedProof(format!(
+                        "inclusion proof hash {i} is not 32 bytes of base64"
+                    ))
                 })
             })
             .collect()
@@ -76,7 +78,13 @@ impl InclusionBundle {
             )));
         }
         let proof = self.proof_hashes()?;
-        verify_inclusion(&leaf_hash(entry), self.index, cp.size, &proof, &cp.root_hash)?;
+        verify_inclusion(
+            &leaf_hash(entry),
+            self.index,
+            cp.size,
+            &proof,
+            &cp.root_hash,
+        )?;
         Ok(VerifiedInclusion {
             index: self.index,
             checkpoint,

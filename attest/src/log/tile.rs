@@ -107,7 +107,9 @@ impl TilePath {
             {
                 return Err(bad_path(path, "the level is not a canonical decimal"));
             }
-            let l: u8 = kind_str.parse().map_err(|_| bad_path(path, "level out of range"))?;
+            let l: u8 = kind_str
+                .parse()
+                .map_err(|_| bad_path(path, "level out of range"))?;
             if l > MAX_LEVEL {
                 return Err(bad_path(path, "level out of range"));
             }
@@ -116,9 +118,14 @@ impl TilePath {
         let (index_str, width) = match rest.split_once(".p/") {
             Some((idx, w)) => {
                 if w.is_empty() || !w.bytes().all(|b| b.is_ascii_digit()) || w.starts_with('0') {
-                    return Err(bad_path(path, "the partial width is not a canonical decimal"));
+                    return Err(bad_path(
+                        path,
+                        "the partial width is not a canonical decimal",
+                    ));
                 }
-                let w: u16 = w.parse().map_err(|_| bad_path(path, "partial width out of range"))?;
+                let w: u16 = w
+                    .parse()
+                    .map_err(|_| bad_path(path, "partial width out of range"))?;
                 if u64::from(w) >= TILE_WIDTH {
                     return Err(bad_path(path, "a partial tile must be narrower than 256"));
                 }
@@ -133,13 +140,16 @@ impl TilePath {
             let digits = if last {
                 *g
             } else {
-                g.strip_prefix('x')
-                    .ok_or_else(|| bad_path(path, "index groups before the last need an x prefix"))?
+                g.strip_prefix('x').ok_or_else(|| {
+                    bad_path(path, "index groups before the last need an x prefix")
+                })?
             };
             if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad_path(path, "index groups must be three digits"));
             }
-            let d: u64 = digits.parse().map_err(|_| bad_path(path, "bad index group"))?;
+            let d: u64 = digits
+                .parse()
+                .map_err(|_| bad_path(path, "bad index group"))?;
             index = index
                 .checked_mul(1000)
                 .and_then(|v| v.checked_add(d))
@@ -232,7 +242,9 @@ pub fn parse_entry_bundle(data: &[u8], width: u16) -> Result<Vec<Vec<u8>>, LogEr
     let mut rest = data;
     while !rest.is_empty() {
         if rest.len() < 2 {
-            return Err(LogError::MalformedTile("entry bundle ends inside a length prefix".into()));
+            return Err(LogError::MalformedTile(
+                "entry bundle ends inside a length prefix".into(),
+            ));
         }
         let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
         let body = rest
@@ -276,7 +288,9 @@ impl TileSet {
     /// Add a hash tile's bytes. The width must be the one the tree size implies.
     pub fn insert(&mut self, tile: TilePath, data: &[u8]) -> Result<(), LogError> {
         let TileKind::Hash(level) = tile.kind else {
-            return Err(LogError::InvalidArgument("entry bundles are not hash tiles".into()));
+            return Err(LogError::InvalidArgument(
+                "entry bundles are not hash tiles".into(),
+            ));
         };
         if data.len() != usize::from(tile.width) * 32 {
             return Err(LogError::MalformedTile(format!(
@@ -334,6 +348,7 @@ fn fold(hashes: &[Hash]) -> Hash {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::log::merkle::{MemoryTree, inclusion_proof};
@@ -355,7 +370,10 @@ mod tests {
         for t in [t, p] {
             assert_eq!(TilePath::parse(&t.to_path()).unwrap(), t);
         }
-        assert_eq!(TilePath::parse("tile/3/000").unwrap().kind, TileKind::Hash(3));
+        assert_eq!(
+            TilePath::parse("tile/3/000").unwrap().kind,
+            TileKind::Hash(3)
+        );
     }
 
     #[test]
@@ -388,10 +406,16 @@ mod tests {
         assert_eq!(l0.len(), 274);
         assert_eq!(l0.last().unwrap().width, 112);
         let l1: Vec<_> = t.iter().filter(|t| t.kind == TileKind::Hash(1)).collect();
-        assert_eq!(l1.iter().map(|t| t.width).collect::<Vec<_>>(), vec![256, 17]);
+        assert_eq!(
+            l1.iter().map(|t| t.width).collect::<Vec<_>>(),
+            vec![256, 17]
+        );
         let l2: Vec<_> = t.iter().filter(|t| t.kind == TileKind::Hash(2)).collect();
         assert_eq!(l2.iter().map(|t| t.width).collect::<Vec<_>>(), vec![1]);
-        assert_eq!(t.iter().filter(|t| t.kind == TileKind::Entries).count(), 274);
+        assert_eq!(
+            t.iter().filter(|t| t.kind == TileKind::Entries).count(),
+            274
+        );
         // Growing within one partial tile rewrites only that tile (and its bundle).
         assert_eq!(tiles_to_publish(10, 11).len(), 2);
         assert!(tiles_to_publish(11, 11).is_empty());

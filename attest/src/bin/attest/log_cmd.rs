@@ -127,7 +127,12 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
         }
         LogCommand::Append { target, file, json } => {
             let entry = read_input(&file)?;
-            runtime()?.block_on(client::append(&target.log, &load_vkey(&target.log_key)?, &entry, json))
+            runtime()?.block_on(client::append(
+                &target.log,
+                &load_vkey(&target.log_key)?,
+                &entry,
+                json,
+            ))
         }
         LogCommand::Checkpoint {
             target,
@@ -148,7 +153,13 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
             json,
         } => {
             let entry = read_input(&file)?;
-            runtime()?.block_on(client::prove(&target.log, &load_vkey(&target.log_key)?, &entry, index, json))
+            runtime()?.block_on(client::prove(
+                &target.log,
+                &load_vkey(&target.log_key)?,
+                &entry,
+                index,
+                json,
+            ))
         }
         LogCommand::Audit {
             target,
@@ -183,7 +194,8 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn load_signer(path: &Path) -> anyhow::Result<NoteSigner> {
-    let skey = std::fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))?;
+    let skey = std::fs::read_to_string(path)
+        .with_context(|| format!("reading key file {}", path.display()))?;
     NoteSigner::from_skey(&skey).with_context(|| format!("key file {}", path.display()))
 }
 
@@ -207,9 +219,12 @@ fn keygen(origin: &str, out: &Path) -> anyhow::Result<()> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     opts.mode(0o600);
-    let mut f = opts
-        .open(out)
-        .with_context(|| format!("creating key file {} (it must not exist yet)", out.display()))?;
+    let mut f = opts.open(out).with_context(|| {
+        format!(
+            "creating key file {} (it must not exist yet)",
+            out.display()
+        )
+    })?;
     f.write_all(format!("{skey}\n").as_bytes())?;
     f.sync_all()?;
     println!("{}", signer.vkey());

@@ -24,7 +24,11 @@ fn url(base: &str, path: &str) -> String {
 
 async fn get(client: &reqwest::Client, base: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     let u = url(base, path);
-    let resp = client.get(&u).send().await.with_context(|| format!("GET {u}"))?;
+    let resp = client
+        .get(&u)
+        .send()
+        .await
+        .with_context(|| format!("GET {u}"))?;
     let status = resp.status();
     let body = resp.bytes().await.with_context(|| format!("reading {u}"))?;
     if !status.is_success() {
@@ -64,16 +68,27 @@ async fn with_tiles<T>(
     bail!("the proof needs more tiles than any tree of size {tree_size} can")
 }
 
-pub async fn append(base: &str, log: &NoteVerifier, entry: &[u8], json: bool) -> anyhow::Result<()> {
+pub async fn append(
+    base: &str,
+    log: &NoteVerifier,
+    entry: &[u8],
+    json: bool,
+) -> anyhow::Result<()> {
     let client = http()?;
     let u = url(base, "add");
-    let resp = client.post(&u).body(entry.to_vec()).send().await.with_context(|| format!("POST {u}"))?;
+    let resp = client
+        .post(&u)
+        .body(entry.to_vec())
+        .send()
+        .await
+        .with_context(|| format!("POST {u}"))?;
     let status = resp.status();
     let body = resp.bytes().await?;
     if !status.is_success() {
         bail!("POST {u}: {status}: {}", String::from_utf8_lossy(&body));
     }
-    let bundle: InclusionBundle = serde_json::from_slice(&body).context("the log's answer is not an inclusion bundle")?;
+    let bundle: InclusionBundle =
+        serde_json::from_slice(&body).context("the log's answer is not an inclusion bundle")?;
     let verified = bundle.verify(entry, log, None, None)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&bundle)?);
@@ -90,8 +105,10 @@ pub async fn append(base: &str, log: &NoteVerifier, entry: &[u8], json: bool) ->
 
 /// Read a checkpoint saved earlier, verified with the log key.
 fn load_saved(path: &Path, log: &NoteVerifier) -> anyhow::Result<VerifiedCheckpoint> {
-    let b = std::fs::read(path).with_context(|| format!("reading saved checkpoint {}", path.display()))?;
-    note::open_checkpoint(&b, log, None, None).with_context(|| format!("saved checkpoint {}", path.display()))
+    let b = std::fs::read(path)
+        .with_context(|| format!("reading saved checkpoint {}", path.display()))?;
+    note::open_checkpoint(&b, log, None, None)
+        .with_context(|| format!("saved checkpoint {}", path.display()))
 }
 
 /// Check `current` against a saved checkpoint with a consistency proof built from tiles.
@@ -106,7 +123,10 @@ async fn check_against_saved(
         None => Vec::new(),
         Some((old, new)) => {
             // The tiles of the larger tree serve both sizes.
-            with_tiles(client, base, new, |s| merkle::consistency_proof(s, old, new)).await?
+            with_tiles(client, base, new, |s| {
+                merkle::consistency_proof(s, old, new)
+            })
+            .await?
         }
     };
     Ok(tracker.observe(current, &proof)?)
@@ -126,7 +146,8 @@ pub async fn checkpoint(
         None => None,
     };
     if let Some(out) = out {
-        std::fs::write(out, cp.note_bytes()).with_context(|| format!("writing {}", out.display()))?;
+        std::fs::write(out, cp.note_bytes())
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     let c = cp.checkpoint();
     if json {
@@ -139,7 +160,12 @@ pub async fn checkpoint(
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("origin {}\nsize {}\nroot {}", c.origin, c.size, hex::encode(c.root_hash));
+        println!(
+            "origin {}\nsize {}\nroot {}",
+            c.origin,
+            c.size,
+            hex::encode(c.root_hash)
+        );
         if let Some(o) = observation {
             println!("consistent with the saved checkpoint: {o:?}");
         }
@@ -147,14 +173,23 @@ pub async fn checkpoint(
     Ok(())
 }
 
-pub async fn prove(base: &str, log: &NoteVerifier, entry: &[u8], index: u64, json: bool) -> anyhow::Result<()> {
+pub async fn prove(
+    base: &str,
+    log: &NoteVerifier,
+    entry: &[u8],
+    index: u64,
+    json: bool,
+) -> anyhow::Result<()> {
     let client = http()?;
     let cp = fetch_checkpoint(&client, base, log).await?;
     let size = cp.checkpoint().size;
     if index >= size {
         bail!("index {index} is not in the log's checkpoint of size {size}");
     }
-    let proof = with_tiles(&client, base, size, |s| merkle::inclusion_proof(s, index, size)).await?;
+    let proof = with_tiles(&client, base, size, |s| {
+        merkle::inclusion_proof(s, index, size)
+    })
+    .await?;
     let bundle = InclusionBundle::new(index, size, &proof, cp.note_bytes());
     bundle
         .verify(entry, log, None, None)
@@ -214,11 +249,19 @@ pub async fn audit(
 
     // 2. Every hash tile the log serves must match the recomputed tree.
     let mut tiles_checked = 0u64;
-    for t in tile::tiles_to_publish(0, size).into_iter().filter(|t| matches!(t.kind, TileKind::Hash(_))) {
-        let TileKind::Hash(level) = t.kind else { continue };
+    for t in tile::tiles_to_publish(0, size)
+        .into_iter()
+        .filter(|t| matches!(t.kind, TileKind::Hash(_)))
+    {
+        let TileKind::Hash(level) = t.kind else {
+            continue;
+        };
         let served = get(&client, base, &t.to_path()).await?;
         if served != tile::hash_tile_data(&tree, level, t.index, t.width)? {
-            bail!("tile {} differs from the tree recomputed from the entries", t.to_path());
+            bail!(
+                "tile {} differs from the tree recomputed from the entries",
+                t.to_path()
+            );
         }
         tiles_checked += 1;
     }

@@ -174,12 +174,18 @@ async fn tile(State(s): State<AppState>, Path(rest): Path<String>) -> Response {
 async fn add(State(s): State<AppState>, body: Bytes) -> Response {
     let (tx, rx) = oneshot::channel();
     if s.queue.send((body.to_vec(), tx)).await.is_err() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "the log is not accepting writes");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the log is not accepting writes",
+        );
     }
     match rx.await {
         Ok(Ok(bundle)) => axum::Json(bundle).into_response(),
         Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, e),
-        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "the log stopped before storing the entry"),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the log stopped before storing the entry",
+        ),
     }
 }
 
@@ -189,13 +195,18 @@ fn proof_json(size: u64, proof: &[Hash]) -> Response {
 }
 
 fn param(q: &HashMap<String, String>, name: &str) -> Result<u64, Response> {
-    q.get(name)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| text(StatusCode::BAD_REQUEST, format!("query parameter {name} must be a number")))
+    q.get(name).and_then(|v| v.parse().ok()).ok_or_else(|| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("query parameter {name} must be a number"),
+        )
+    })
 }
 
-
-async fn inclusion(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn inclusion(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let (index, size) = match (param(&q, "index"), param(&q, "size")) {
         (Ok(i), Ok(n)) => (i, n),
         (Err(r), _) | (_, Err(r)) => return r,
@@ -209,7 +220,10 @@ async fn inclusion(State(s): State<AppState>, Query(q): Query<HashMap<String, St
     }
 }
 
-async fn consistency(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn consistency(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let (old, new) = match (param(&q, "old"), param(&q, "new")) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(r), _) | (_, Err(r)) => return r,

@@ -20,10 +20,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use tandem_attest::log::Checkpoint;
 use tandem_attest::log::merkle::{self, Hash, MemoryTree};
 use tandem_attest::log::note::{self, NoteSigner};
-use tandem_attest::log::tile::{self, TileKind, TilePath, TILE_WIDTH};
-use tandem_attest::log::Checkpoint;
+use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath};
 
 const WAL: &str = "entries.wal";
 const CHECKPOINT: &str = "checkpoint";
@@ -88,7 +88,8 @@ fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 impl LogStore {
     /// Open (or create) the log in `dir`, recovering from any crash.
     pub fn open(dir: &Path, signer: NoteSigner) -> anyhow::Result<(Self, Recovery)> {
-        fs::create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating log directory {}", dir.display()))?;
         let wal_path = dir.join(WAL);
         let mut wal = OpenOptions::new()
             .read(true)
@@ -124,7 +125,10 @@ impl LogStore {
         let (checkpoint, published_size) = match fs::read(&cp_path) {
             Ok(b) => {
                 let v = note::open_checkpoint(&b, &verifier, None, None).with_context(|| {
-                    format!("the published checkpoint {} does not verify with the log key", cp_path.display())
+                    format!(
+                        "the published checkpoint {} does not verify with the log key",
+                        cp_path.display()
+                    )
                 })?;
                 let cp = v.checkpoint();
                 if cp.size > tree.size() {
@@ -222,7 +226,11 @@ impl LogStore {
         let mut buf = Vec::new();
         for e in entries {
             let e = e.as_ref();
-            anyhow::ensure!(e.len() <= tile::MAX_ENTRY_LEN, "entry of {} bytes is too long", e.len());
+            anyhow::ensure!(
+                e.len() <= tile::MAX_ENTRY_LEN,
+                "entry of {} bytes is too long",
+                e.len()
+            );
             buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
             buf.extend_from_slice(e);
             buf.extend_from_slice(&merkle::leaf_hash(e));
@@ -303,10 +311,16 @@ impl LogStore {
                             }
                             continue;
                         }
-                        bail!("entry bundle {} is missing; the log directory is damaged", path.display());
+                        bail!(
+                            "entry bundle {} is missing; the log directory is damaged",
+                            path.display()
+                        );
                     }
                     if t.index != partial_index || t.width as usize != self.tail_entries.len() {
-                        bail!("internal error: partial bundle {} does not match the tail", t.to_path());
+                        bail!(
+                            "internal error: partial bundle {} does not match the tail",
+                            t.to_path()
+                        );
                     }
                     let p = self.write_bundle(t.index, &self.tail_entries)?;
                     if let Some(parent) = p.parent() {
@@ -323,13 +337,19 @@ impl LogStore {
 
     /// Inclusion proof of `index` at the published size.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> anyhow::Result<Vec<Hash>> {
-        anyhow::ensure!(size <= self.published_size, "size {size} is not published yet");
+        anyhow::ensure!(
+            size <= self.published_size,
+            "size {size} is not published yet"
+        );
         Ok(self.tree.inclusion_proof(index, size)?)
     }
 
     /// Consistency proof between two published sizes.
     pub fn consistency_proof(&self, old: u64, new: u64) -> anyhow::Result<Vec<Hash>> {
-        anyhow::ensure!(new <= self.published_size, "size {new} is not published yet");
+        anyhow::ensure!(
+            new <= self.published_size,
+            "size {new} is not published yet"
+        );
         Ok(self.tree.consistency_proof(old, new)?)
     }
 }

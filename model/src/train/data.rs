@@ -88,7 +88,7 @@ impl TokenStream {
 
     /// Decodes the u16 cache format; `vocab` bounds every id.
     pub fn from_u16_le(bytes: &[u8], vocab: usize) -> Result<Self> {
-        if bytes.len() % 2 != 0 {
+        if !bytes.len().is_multiple_of(2) {
             return Err(TrainError::Data(format!(
                 "token cache has odd length {}; delete it so it is rebuilt",
                 bytes.len()

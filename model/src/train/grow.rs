@@ -111,7 +111,7 @@ mod tests {
         assert!(grow_depth(&[], 2, 0).is_err());
         assert!(grow_depth(&[("model.layers.x.w".into(), t.clone())], 2, 2).is_err());
         assert!(grow_depth(&[("model.layers.5.w".into(), t.clone())], 2, 2).is_err());
-        assert!(grow_depth(&[("model.layers".into(), t)], 2, 2).is_err());
+        assert!(grow_depth(&[("model.layers.1".into(), t)], 2, 2).is_err());
         Ok(())
     }
 }

@@ -259,8 +259,10 @@ fn make(a: &MakeExamplesArgs) -> Result<()> {
     let picked: Vec<String> = (0..take).map(|i| sentences[i * n / take].clone()).collect();
     let ex = make_examples(t, &picked, a.seed);
     let body = if a.as_documents {
-        let docs: Vec<String> =
-            ex.iter().map(|e| format!("{}{}", prompt(t, &e.input), answer(&e.target))).collect();
+        let docs: Vec<String> = ex
+            .iter()
+            .map(|e| format!("{}{}", prompt(t, &e.input), answer(&e.target)))
+            .collect();
         docs.join(&format!("\n{EOT}\n")) + "\n"
     } else {
         examples_to_jsonl(&ex)

@@ -17,7 +17,9 @@ use tandem_model::train::grow::grow_depth;
 use tandem_model::train::optim::AdamWParams;
 use tandem_model::train::schedule::CosineSchedule;
 use tandem_model::train::tokenizer::{EOT, train_bpe};
-use tandem_model::train::trainer::{StepStats, TrainConfig, Trainer, eval_loss, init_deterministic, lm_loss};
+use tandem_model::train::trainer::{
+    StepStats, TrainConfig, Trainer, eval_loss, init_deterministic, lm_loss,
+};
 use tandem_model::{Config, DType, Device, Model, Tokenizer, VarBuilder, VarMap};
 
 /// `tandem model train-tokenizer`

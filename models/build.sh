@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The exact sequence of commands that produced the committed models (run from the repo root on
+# the 2-core build machine, 2026-11-27). Re-running it retrains everything (hours of CPU on one
+# core per run); training is deterministic for a given seed and sequence of commands, but the
+# interruptions below (schedule shortened on resume, data switched to the mix at step 200) are
+# part of the recipe and must be repeated as written to reproduce the same weights.
+set -euo pipefail
+T="cargo run --release -p tandem-device --bin tandem --"
+# Avoid glibc returning large buffers to the kernel after every op (1.4x faster on this box).
+export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824
+
+# 1. Corpus and tokenizer.
+scripts/corpus/build.sh
+$T model train-tokenizer --corpus data/corpus/train.txt --vocab-size 4096 --out models/tokenizer.json
+
+# 2. Task-formatted documents from training sentences, mixed into the last phase of pre-training.
+$T eval make-examples --task proofread --text data/corpus/train.txt --n 14000 --seed 11 --out data/corpus/mix-proofread.txt --as-documents
+$T eval make-examples --task truecase --text data/corpus/train.txt --n 10000 --seed 12 --out data/corpus/mix-truecase.txt --as-documents
+(cat data/corpus/train.txt; printf '<|endoftext|>\n'; cat data/corpus/mix-proofread.txt; printf '<|endoftext|>\n'; cat data/corpus/mix-truecase.txt) > data/corpus/train-mix.txt
+
+# 3. Device model. Started with a 520-step schedule, stopped after the step-160 checkpoint and
+#    resumed with the schedule shortened to 400, stopped at 200 and resumed on the mix, ending at 360.
+$T model train --config device --data data/corpus/train.txt --tokenizer models/tokenizer.json --out data/runs/device \
+  --steps 520 --warmup 30 --lr 3e-3 --seed 1 --threads 1 --checkpoint-every 40 --eval-data models/data/heldout.txt --max-steps-now 160
+$T model train --config device --data data/corpus/train.txt --tokenizer models/tokenizer.json --out data/runs/device \
+  --steps 400 --warmup 30 --lr 3e-3 --seed 1 --threads 1 --checkpoint-every 40 --eval-data models/data/heldout.txt \
+  --resume data/runs/device/checkpoint --export-dtype f16 --max-steps-now 40
+$T model train --config device --data data/corpus/train-mix.txt --tokenizer models/tokenizer.json --out data/runs/device \
+  --steps 360 --warmup 30 --lr 3e-3 --seed 1 --threads 1 --checkpoint-every 40 --eval-data models/data/heldout.txt \
+  --resume data/runs/device/checkpoint --export-dtype f16
+cp -r data/runs/device/model data/runs/device-final
+
+# 4. Server model: the device model grown 4x in depth, trained further on the mix.
+$T model train --config server --init-from data/runs/device-final --data data/corpus/train-mix.txt --tokenizer models/tokenizer.json \
+  --out data/runs/server --steps 90 --warmup 8 --lr 1e-3 --seed 1 --threads 1 --checkpoint-every 15 \
+  --eval-data models/data/heldout.txt --export-dtype f16
+
+# 5. Adapters (base frozen). See each MODEL_CARD.md for the steps actually run.
+$T model train-adapter --model data/runs/device-final --task proofread --data data/corpus/train.txt \
+  --out data/runs/adapters/device/proofread --steps 600 --warmup 20 --lr 4e-3 --seed 1 --threads 1 --checkpoint-every 50 --max-sentences 40000

@@ -101,6 +101,26 @@ fn round_trip(c: &mut Criterion) {
             })
         });
     }
+    // One HPKE sender setup plus the 32-byte data-key seal: the cost each added recipient
+    // should stay within.
+    {
+        type A = hpke::aead::AesGcm128;
+        type Kdf = hpke::kdf::HkdfSha256;
+        type Kem = hpke::kem::X25519HkdfSha256;
+        let (_, pk) = <Kem as hpke::Kem>::gen_keypair_with_rng(&mut rng);
+        g.bench_function("hpke setup_sender + seal 32 B (one wrapping)", |b| {
+            b.iter(|| {
+                let (enc, mut ctx) = hpke::setup_sender_with_rng::<A, Kdf, Kem>(
+                    &OpModeS::Base,
+                    &pk,
+                    b"info",
+                    &mut rng,
+                )
+                .expect("setup");
+                black_box((enc, ctx.seal(&[0u8; 32], b"aad").expect("seal")))
+            })
+        });
+    }
     let (server, encoded) = ohttp_server();
     g.bench_function("ohttp/K=1", |b| {
         b.iter(|| black_box(ohttp_round_trip(&encoded, &server, &req, &resp)))

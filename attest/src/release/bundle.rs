@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::ReleaseError;
 use super::dsse::{DsseEnvelope, DsseSignature, IN_TOTO_PAYLOAD_TYPE, InTotoStatement};
 use crate::digest::Sha256Digest;
+use crate::log::{Checkpoint, InclusionBundle};
 
 /// The bundle media type (Sigstore bundle format v0.3).
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
@@ -321,6 +322,50 @@ fn parse_entry(e: TlogEntryWire) -> Result<LogEntry, ReleaseError> {
         hashes,
         checkpoint,
     })
+}
+
+impl LogEntry {
+    /// A log entry from what `attest log append --json` / `POST /add` returns: an
+    /// [`InclusionBundle`] (index, tree size, inclusion path, signed checkpoint). The checkpoint
+    /// body is parsed for its origin and root; signatures and the proof are checked by the
+    /// verifier, not here. `body` is set by [`ReleaseBundle::with_log_entry`].
+    pub fn from_inclusion(
+        inc: &InclusionBundle,
+        integrated_time: u64,
+    ) -> Result<Self, ReleaseError> {
+        let field = "inclusion bundle";
+        let text = inc
+            .checkpoint
+            .split_once("\n\n")
+            .map(|(t, _)| format!("{t}\n"))
+            .ok_or_else(|| {
+                bad(
+                    field,
+                    "checkpoint is not a signed note (no blank line before the signatures)",
+                )
+            })?;
+        let cp = Checkpoint::parse(text.as_bytes()).map_err(|e| bad(field, e.to_string()))?;
+        if cp.size != inc.tree_size {
+            return Err(bad(
+                field,
+                format!(
+                    "proof is for size {} but the checkpoint is for size {}",
+                    inc.tree_size, cp.size
+                ),
+            ));
+        }
+        let hashes = inc.proof_hashes().map_err(|e| bad(field, e.to_string()))?;
+        Ok(Self {
+            log_index: inc.index,
+            log_id: Sha256Digest::of(cp.origin.as_bytes()).0,
+            integrated_time,
+            body: Vec::new(),
+            tree_size: cp.size,
+            root_hash: cp.root_hash,
+            hashes,
+            checkpoint: inc.checkpoint.clone(),
+        })
+    }
 }
 
 impl ReleaseBundle {

@@ -64,11 +64,11 @@ impl VerificationCache {
         }
         let key = Self::key(bundle, cx);
         if let Some(node) = self.entries.get(&key) {
-            if cx.now <= node.valid_until {
+            if cx.now <= node.valid_until() {
                 let missing = cx
                     .required_digests
                     .iter()
-                    .find(|d| !node.release.manifest.contains_digest(d));
+                    .find(|d| !node.release().manifest().contains_digest(d));
                 let mut report = Report::new("node");
                 report.cached = true;
                 for (n, name) in NODE_STEPS.iter().enumerate() {
@@ -77,7 +77,7 @@ impl VerificationCache {
                             StepStatus::Fail,
                             format!(
                                 "release {} does not contain {}; the node serves a different model or adapter than the request needs",
-                                node.release.digest.short(),
+                                node.release().digest().short(),
                                 d.short()
                             ),
                         ),
@@ -86,7 +86,7 @@ impl VerificationCache {
                         }
                         (7, None) => (
                             StepStatus::Pass,
-                            format!("cached verification good until {}", node.valid_until),
+                            format!("cached verification good until {}", node.valid_until()),
                         ),
                         _ => (StepStatus::Pass, "cached".into()),
                     };
@@ -115,12 +115,12 @@ impl VerificationCache {
     }
 
     fn evict(&mut self, now: u64) {
-        self.entries.retain(|_, n| n.valid_until >= now);
+        self.entries.retain(|_, n| n.valid_until() >= now);
         if self.entries.len() >= self.capacity {
             if let Some(k) = self
                 .entries
                 .iter()
-                .min_by_key(|(_, n)| n.valid_until)
+                .min_by_key(|(_, n)| n.valid_until())
                 .map(|(k, _)| *k)
             {
                 self.entries.remove(&k);

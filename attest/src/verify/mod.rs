@@ -27,6 +27,8 @@ mod logview;
 pub mod policy;
 pub mod report;
 
+use std::sync::Arc;
+
 use thiserror::Error;
 
 pub use cache::VerificationCache;
@@ -114,8 +116,14 @@ impl VerifiedRelease {
 }
 
 /// A node whose attestation bundle passed every step. The only input the sealing API accepts.
+/// Cheap to clone (shared), so a cache hit hands out the same verified value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedNode {
+    inner: Arc<NodeInner>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct NodeInner {
     name: String,
     root_of_trust: &'static str,
     key_configs: KeyConfigList,
@@ -128,28 +136,28 @@ pub struct VerifiedNode {
 impl VerifiedNode {
     /// The node's name (its fleet certificate subject).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
     }
     /// `"software"` or `"tpm2"`.
     pub fn root_of_trust(&self) -> &'static str {
-        self.root_of_trust
+        self.inner.root_of_trust
     }
     /// The node's HPKE key configs (RFC 9458 `application/ohttp-keys` bytes and entries).
     pub fn key_configs(&self) -> &KeyConfigList {
-        &self.key_configs
+        &self.inner.key_configs
     }
     /// When the node's keys expire (Unix seconds).
     pub fn key_expiry(&self) -> u64 {
-        self.key_expiry
+        self.inner.key_expiry
     }
     /// The earliest of key expiry, certificate expiry and checkpoint age limit (Unix seconds,
     /// skew allowance included): a cached verification is good until then.
     pub fn valid_until(&self) -> u64 {
-        self.valid_until
+        self.inner.valid_until
     }
     /// The verified release the node runs.
     pub fn release(&self) -> &VerifiedRelease {
-        &self.release
+        &self.inner.release
     }
 }
 
@@ -347,13 +355,15 @@ impl Verifier {
         })?;
 
         Some(VerifiedNode {
-            name: cert.subject().to_owned(),
-            root_of_trust: ev.kind(),
-            key_configs: b.key_configs().clone(),
-            key_expiry: b.key_expiry(),
-            valid_until,
-            release: rs.release,
-            _sealed: Sealed(()),
+            inner: Arc::new(NodeInner {
+                name: cert.subject().to_owned(),
+                root_of_trust: ev.kind(),
+                key_configs: b.key_configs().clone(),
+                key_expiry: b.key_expiry(),
+                valid_until,
+                release: rs.release,
+                _sealed: Sealed(()),
+            }),
         })
     }
 

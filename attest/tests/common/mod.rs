@@ -1,5 +1,10 @@
 //! Test fixtures: real keys, a real RFC 9162 tree, real signed checkpoints, real bundles.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::new_without_default
+)]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;

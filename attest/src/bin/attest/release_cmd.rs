@@ -10,8 +10,9 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest as _, Sha256};
 use tandem_attest::digest::Sha256Digest;
+use tandem_attest::log::InclusionBundle;
 use tandem_attest::release::{
-    Artifact, ArtifactKind, ReleaseBundle, ReleaseManifest, ReleaseSigningKey,
+    Artifact, ArtifactKind, LogEntry, ReleaseBundle, ReleaseManifest, ReleaseSigningKey,
 };
 
 #[derive(Debug, Args)]
@@ -28,8 +29,33 @@ enum ReleaseCommand {
     Keygen(KeygenArgs),
     /// Sign a manifest: a Sigstore bundle v0.3 over a DSSE envelope with an in-toto statement.
     Sign(SignArgs),
+    /// Print the bytes to append to the transparency log for a signed bundle.
+    LogEntry(LogEntryArgs),
+    /// Attach the log's inclusion proof (`attest log append --json` output) to a signed bundle.
+    Attach(AttachArgs),
     /// Show a manifest or a release bundle.
     Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+struct LogEntryArgs {
+    /// The signed bundle.
+    bundle: PathBuf,
+    /// Where to write the entry (default: standard output).
+    #[arg(short, long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct AttachArgs {
+    /// The signed bundle.
+    bundle: PathBuf,
+    /// The inclusion bundle JSON printed by `attest log append --json`.
+    #[arg(long)]
+    inclusion: PathBuf,
+    /// Where to write the logged bundle (default: standard output).
+    #[arg(short, long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -93,8 +119,52 @@ pub fn run(args: ReleaseArgs) -> Result<()> {
         ReleaseCommand::Create(a) => create(a),
         ReleaseCommand::Keygen(a) => keygen(a),
         ReleaseCommand::Sign(a) => sign(a),
+        ReleaseCommand::LogEntry(a) => log_entry(a),
+        ReleaseCommand::Attach(a) => attach(a),
         ReleaseCommand::Show(a) => show(a),
     }
+}
+
+fn read_bundle(path: &Path) -> Result<ReleaseBundle> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    ReleaseBundle::from_json(&bytes)
+        .with_context(|| format!("{} is not a release bundle", path.display()))
+}
+
+fn log_entry(a: LogEntryArgs) -> Result<()> {
+    let b = read_bundle(&a.bundle)?;
+    match a.out.as_deref() {
+        Some(p) => {
+            fs::write(p, b.log_entry_body()).with_context(|| format!("writing {}", p.display()))
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().lock().write_all(&b.log_entry_body())?;
+            Ok(())
+        }
+    }
+}
+
+fn attach(a: AttachArgs) -> Result<()> {
+    let b = read_bundle(&a.bundle)?;
+    let text =
+        fs::read(&a.inclusion).with_context(|| format!("reading {}", a.inclusion.display()))?;
+    let inc: InclusionBundle = serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "{} is not an inclusion bundle (`attest log append --json` output)",
+            a.inclusion.display()
+        )
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let entry = LogEntry::from_inclusion(&inc, now)?;
+    let index = entry.log_index;
+    let logged = b.with_log_entry(entry);
+    write_out(a.out.as_deref(), &logged.to_json())?;
+    eprintln!("attached log entry {index}; check it with `attest verify release`");
+    Ok(())
 }
 
 fn write_out(out: Option<&Path>, bytes: &[u8]) -> Result<()> {

@@ -11,7 +11,9 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Subcommand};
+use tandem_attest::attestation::AttestationBundle;
 use tandem_attest::digest::Sha256Digest;
+use tandem_attest::release::ReleaseBundle;
 use tandem_attest::verify::{KnownCheckpoint, Policy, Report, Verifier, VerifyContext};
 
 #[derive(Debug, Args)]
@@ -37,12 +39,16 @@ struct Common {
     policy: PathBuf,
     /// The newest checkpoint you have verified before (a signed note file). Without it the
     /// bundle's checkpoint is trusted on first use.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "log")]
     checkpoint: Option<PathBuf>,
     /// Consistency proof between --checkpoint and the bundle's checkpoint (one base64 hash per
     /// line, as printed by `attest log prove --consistency`).
     #[arg(long, requires = "checkpoint")]
     consistency_proof: Option<PathBuf>,
+    /// The log's base URL: its current checkpoint becomes the newest known one, and the
+    /// consistency proof to the bundle's checkpoint is fetched from it (both are verified).
+    #[arg(long)]
+    log: Option<String>,
     /// A model or adapter digest the release must contain (repeatable).
     #[arg(long = "require")]
     require: Vec<Sha256Digest>,
@@ -72,9 +78,10 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             .context("system clock is before 1970")?
             .as_secs(),
     };
-    let known = match &c.checkpoint {
-        Some(path) => Some(load_known(&policy, path, c.consistency_proof.as_ref())?),
-        None => None,
+    let known = match (&c.checkpoint, &c.log) {
+        (Some(path), _) => Some(load_known(&policy, path, c.consistency_proof.as_ref())?),
+        (None, Some(url)) => Some(known_from_log(&policy, url, &bundle, is_node)?),
+        (None, None) => None,
     };
     let verifier = Verifier::new(policy);
     let cx = VerifyContext {
@@ -143,6 +150,97 @@ fn load_known(policy: &Policy, path: &PathBuf, proof: Option<&PathBuf>) -> Resul
             path.display()
         )
     })
+}
+
+/// The tree size of the bundle's checkpoint, if the bundle parses and has a log entry (if not,
+/// the verifier's report says why; no proof is needed for it here).
+fn bundle_tree_size(bundle: &[u8], is_node: bool) -> Option<u64> {
+    if is_node {
+        AttestationBundle::from_json(bundle)
+            .ok()?
+            .release()
+            .log_entry()
+            .map(|e| e.tree_size)
+    } else {
+        ReleaseBundle::from_json(bundle)
+            .ok()?
+            .log_entry()
+            .map(|e| e.tree_size)
+    }
+}
+
+/// Fetches the log's current checkpoint and the consistency proof between it and the bundle's
+/// checkpoint (`GET /checkpoint`, `GET /proof/consistency?old=M&new=N`). Nothing fetched is
+/// trusted: the checkpoint is opened under the policy's log keys and the proof is checked by
+/// the verifier's step 5.
+fn known_from_log(
+    policy: &Policy,
+    base: &str,
+    bundle: &[u8],
+    is_node: bool,
+) -> Result<KnownCheckpoint> {
+    let base = base.trim_end_matches('/').to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (note, proof_json) = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?;
+        let get = |path: String| {
+            let client = client.clone();
+            let url = format!("{base}/{path}");
+            async move {
+                let resp = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .with_context(|| format!("GET {url}; is the log URL right?"))?;
+                let status = resp.status();
+                let body = resp
+                    .bytes()
+                    .await
+                    .with_context(|| format!("reading {url}"))?;
+                if !status.is_success() {
+                    anyhow::bail!("GET {url}: {status}: {}", String::from_utf8_lossy(&body));
+                }
+                anyhow::Ok(body.to_vec())
+            }
+        };
+        let note = String::from_utf8(get("checkpoint".into()).await?)
+            .context("the log's checkpoint is not UTF-8")?;
+        let current = KnownCheckpoint::open(policy, &note, Vec::new()).with_context(|| {
+            format!("the checkpoint of {base} does not verify under the policy's log keys")
+        })?;
+        let cur = current.checkpoint.size;
+        let proof = match bundle_tree_size(bundle, is_node) {
+            Some(b) if b != cur && b.min(cur) > 0 => Some(
+                get(format!(
+                    "proof/consistency?old={}&new={}",
+                    b.min(cur),
+                    b.max(cur)
+                ))
+                .await?,
+            ),
+            _ => None,
+        };
+        anyhow::Ok((note, proof))
+    })?;
+    let proof = match proof_json {
+        Some(j) => {
+            let v: serde_json::Value =
+                serde_json::from_slice(&j).context("the log's consistency proof is not JSON")?;
+            let lines: Vec<&str> = v["proof"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            parse_proof_lines(&lines.join("\n")).context("the log's consistency proof")?
+        }
+        None => Vec::new(),
+    };
+    Ok(KnownCheckpoint::open(policy, &note, proof)?)
 }
 
 /// One standard-base64 SHA-256 hash per non-empty line.

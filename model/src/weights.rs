@@ -306,7 +306,7 @@ pub fn to_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, candle_core::Er
     let mut h = serde_json::to_vec(&Value::Object(header))
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     // Pad the header with spaces to an 8-byte boundary, as the reference writer does.
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + data.len());

@@ -30,11 +30,44 @@ $T model train --config device --data data/corpus/train-mix.txt --tokenizer mode
   --resume data/runs/device/checkpoint --export-dtype f16
 cp -r data/runs/device/model data/runs/device-final
 
-# 4. Server model: the device model grown 4x in depth, trained further on the mix.
+# 4. Server model: the device model grown 4x in depth, trained further on the mix. Started with a
+#    90-step schedule, stopped after the step-15 checkpoint, resumed with the schedule ending at 45.
 $T model train --config server --init-from data/runs/device-final --data data/corpus/train-mix.txt --tokenizer models/tokenizer.json \
   --out data/runs/server --steps 90 --warmup 8 --lr 1e-3 --seed 1 --threads 1 --checkpoint-every 15 \
-  --eval-data models/data/heldout.txt --export-dtype f16
+  --eval-data models/data/heldout.txt --export-dtype f16 --max-steps-now 15
+$T model train --config server --init-from data/runs/device-final --data data/corpus/train-mix.txt --tokenizer models/tokenizer.json \
+  --out data/runs/server --steps 45 --warmup 8 --lr 1e-3 --seed 1 --threads 1 --checkpoint-every 15 \
+  --eval-data models/data/heldout.txt --export-dtype f16 --resume data/runs/server/checkpoint
+cp -r data/runs/server/model data/runs/server-final
 
-# 5. Adapters (base frozen). See each MODEL_CARD.md for the steps actually run.
-$T model train-adapter --model data/runs/device-final --task proofread --data data/corpus/train.txt \
-  --out data/runs/adapters/device/proofread --steps 600 --warmup 20 --lr 4e-3 --seed 1 --threads 1 --checkpoint-every 50 --max-sentences 40000
+# 5. Adapters (base frozen, answer tokens only). Device proofread: 600-step schedule stopped at
+#    150, resumed with the schedule ending at 250. Device truecase: 150-step schedule stopped after
+#    the step-100 checkpoint (the adapter written there is the committed one). Server: 20 steps each.
+A="--data data/corpus/train.txt --seed 1 --threads 1 --max-sentences 40000"
+$T model train-adapter --model data/runs/device-final --task proofread $A --out data/runs/adapters/device/proofread \
+  --steps 600 --warmup 20 --lr 4e-3 --checkpoint-every 50   # interrupted after the step-150 checkpoint
+$T model train-adapter --model data/runs/device-final --task proofread $A --out data/runs/adapters/device/proofread \
+  --steps 250 --warmup 20 --lr 4e-3 --checkpoint-every 50 --resume data/runs/adapters/device/proofread.ckpt
+$T model train-adapter --model data/runs/device-final --task truecase $A --out data/runs/adapters/device/truecase \
+  --steps 150 --warmup 10 --lr 4e-3 --checkpoint-every 50   # interrupted after the step-100 checkpoint
+for t in proofread truecase; do
+  $T model train-adapter --model data/runs/server-final --task $t $A --out data/runs/adapters/server/$t \
+    --steps 20 --warmup 4 --lr 4e-3 --checkpoint-every 10
+done
+
+# 6. Install and evaluate.
+mkdir -p models/device/adapters models/server/adapters data/runs/eval
+cp data/runs/device-final/* models/device/ && cp -r data/runs/adapters/device/* models/device/adapters/
+cp data/runs/server-final/* models/server/ && cp -r data/runs/adapters/server/* models/server/adapters/
+rm -rf models/*/adapters/*.ckpt
+for m in device server; do
+  $T eval perplexity --model models/$m --text models/data/heldout.txt --json > data/runs/eval/ppl-$m.json
+  $T eval perplexity --model models/$m --text models/data/heldout.txt --windows 16 --json > data/runs/eval/ppl-slice-$m.json
+  for t in proofread truecase; do
+    $T eval task --model models/$m --adapter models/$m/adapters/$t --task $t --examples models/data/$t-heldout.jsonl --limit 300 --json > data/runs/eval/task-$m-$t.json
+  done
+done
+for t in proofread truecase; do  # base model with the same prompt, for comparison (device only: CPU budget)
+  $T eval task --model models/device --task $t --examples models/data/$t-heldout.jsonl --limit 300 --json > data/runs/eval/task-device-$t-base.json
+done
+python3 models/write_cards.py

@@ -26,7 +26,8 @@ def main():
         sl = load(f"ppl-slice-{m}.json")
         st = state(notes[m]["state"])
         ad = {t: load(f"task-{m}-{t}.json") for t in ("proofread", "truecase")}
-        base = {t: load(f"task-{m}-{t}-base.json") for t in ("proofread", "truecase")}
+        base = {t: load(f"task-{m}-{t}-base.json") for t in ("proofread", "truecase")
+                if os.path.exists(os.path.join(EV, f"task-{m}-{t}-base.json"))}
         ast = {t: state(notes[m]["adapters"][t]) for t in ("proofread", "truecase")}
         card = [f"# `{m}` model card", "", notes[m]["summary"], "",
                 "## Identity", "",
@@ -39,7 +40,7 @@ def main():
                 f"- parameters: {notes[m]['params']}",
                 f"- optimizer steps: {st['step']} (batch {st['config']['batch_size']} x {st['config']['seq_len']} tokens)",
                 f"- tokens seen: {st['tokens_seen']:,}",
-                f"- schedule at the end: peak lr {st['config']['schedule']['peak_lr']}, warm-up {st['config']['schedule']['warmup_steps']}, cosine to {st['config']['schedule']['min_lr']} at step {st['config']['schedule']['total_steps']}; AdamW beta {st['config']['adamw']['beta1']}/{st['config']['adamw']['beta2']}, weight decay {st['config']['adamw']['weight_decay']}, clip {st['config']['grad_clip']}, seed {st['config']['seed']}",
+                f"- schedule at the end: peak lr {st['config']['schedule']['peak_lr']}, warm-up {st['config']['schedule']['warmup_steps']}, cosine to {st['config']['schedule']['min_lr']:g} at step {st['config']['schedule']['total_steps']}; AdamW beta {st['config']['adamw']['beta1']}/{st['config']['adamw']['beta2']}, weight decay {st['config']['adamw']['weight_decay']}, clip {st['config']['grad_clip']}, seed {st['config']['seed']}",
                 f"- history: {notes[m]['history']}",
                 "", "Exact commands: `models/build.sh`.", "",
                 "## Held-out evaluation", "",
@@ -72,7 +73,8 @@ def main():
            "| task | model | adapter | n | exact | CER input | CER output | output/input | good | neutral | poor |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in ("proofread", "truecase"):
         for m, full, sl, ad, base in rows:
-            for label, a in (("none (base, same prompt)", base[t]), (f"`{t}`", ad[t])):
+            pairs = ([("none (base, same prompt)", base[t])] if t in base else []) + [(f"`{t}`", ad[t])]
+            for label, a in pairs:
                 ev.append(f"| {t} | {m} | {label} | {a['n']} | {100*a['exact']:.1f}% | {100*a['input_cer']:.2f}% | {100*a['output_cer']:.2f}% | {a['cer_ratio']:.2f} | {100*a['good']:.1f}% | {100*a['neutral']:.1f}% | {100*a['poor']:.1f}% |")
     ev += ["", "```", "tandem eval task --model models/device --adapter models/device/adapters/proofread --task proofread --examples models/data/proofread-heldout.jsonl --limit 300 --json",
            "tandem eval task --model models/device --task proofread --examples models/data/proofread-heldout.jsonl --limit 300 --json   # base, no adapter",

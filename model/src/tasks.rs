@@ -608,6 +608,35 @@ mod tests {
     }
 
     #[test]
+    fn every_truncation_and_byte_flip_of_examples_is_handled() -> Result<()> {
+        let ex = make_examples(
+            Task::Proofread,
+            &["The cat sat on the mat today.".to_string()],
+            3,
+        );
+        let text = examples_to_jsonl(&ex);
+        let bytes = text.as_bytes();
+        for cut in 0..bytes.len() {
+            // Never panics; a cut inside the line is an error, a cut of only the newline is not.
+            if let Ok(s) = std::str::from_utf8(&bytes[..cut]) {
+                let r = parse_examples(s);
+                assert_eq!(r.is_ok(), cut == 0 || cut == bytes.len() - 1, "cut {cut}");
+            }
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.to_vec();
+            b[i] ^= 0x01;
+            if let Ok(s) = std::str::from_utf8(&b) {
+                if let Ok(parsed) = parse_examples(s) {
+                    // A flip that still parses changed a string (or whitespace), never the task.
+                    assert!(parsed.len() <= 1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
     fn task_batches_mask_exactly_the_answer() -> Result<()> {
         let ex = vec![
             TokenizedExample {

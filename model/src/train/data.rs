@@ -216,6 +216,27 @@ mod tests {
     }
 
     #[test]
+    fn every_truncation_and_byte_flip_of_the_token_cache_is_handled() -> Result<()> {
+        let s = TokenStream::from_tokens(vec![0, 1, 4095, 17, 300]);
+        let b = s.to_u16_le()?;
+        for cut in 0..b.len() {
+            let r = TokenStream::from_u16_le(&b[..cut], 4096);
+            assert_eq!(r.is_ok(), cut % 2 == 0, "cut {cut}");
+        }
+        for i in 0..b.len() {
+            for bit in 0..8 {
+                let mut f = b.clone();
+                f[i] ^= 1 << bit;
+                // Ids stay in range or the cache is rejected; never a panic.
+                if let Ok(t) = TokenStream::from_u16_le(&f, 4096) {
+                    assert!(t.tokens().iter().all(|&x| x < 4096));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
     fn eval_windows_are_disjoint_and_spread() {
         let s = TokenStream::from_tokens((0..100).collect());
         let w = s.eval_windows(9, 3);

@@ -109,8 +109,10 @@ fn mutations(v: &Value) -> Vec<Value> {
         Value::Bool(b) => vec![Value::Bool(!b)],
         Value::String(s) => {
             let mut out = Vec::new();
-            if let Ok(raw) = B64.decode(s) {
-                if !raw.is_empty() {
+            if let Ok(raw) = B64.decode(s)
+                && !raw.is_empty()
+            {
+                {
                     for i in [0, raw.len() / 2, raw.len() - 1] {
                         let mut r = raw.clone();
                         r[i] ^= 0x01;

@@ -247,13 +247,13 @@ impl TryFrom<BundleWire> for ReleaseBundle {
             statement,
             log_entry,
         };
-        if let Some(e) = &bundle.log_entry {
-            if e.body != bundle.log_entry_body() {
-                return Err(bad(
-                    "verificationMaterial.tlogEntries.canonicalizedBody",
-                    "does not describe this envelope (release digest, envelope digest or signers differ)",
-                ));
-            }
+        if let Some(e) = &bundle.log_entry
+            && e.body != bundle.log_entry_body()
+        {
+            return Err(bad(
+                "verificationMaterial.tlogEntries.canonicalizedBody",
+                "does not describe this envelope (release digest, envelope digest or signers differ)",
+            ));
         }
         Ok(bundle)
     }

@@ -116,15 +116,14 @@ impl VerificationCache {
 
     fn evict(&mut self, now: u64) {
         self.entries.retain(|_, n| n.valid_until() >= now);
-        if self.entries.len() >= self.capacity {
-            if let Some(k) = self
+        if self.entries.len() >= self.capacity
+            && let Some(k) = self
                 .entries
                 .iter()
                 .min_by_key(|(_, n)| n.valid_until())
                 .map(|(k, _)| *k)
-            {
-                self.entries.remove(&k);
-            }
+        {
+            self.entries.remove(&k);
         }
     }
 }

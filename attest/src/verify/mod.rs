@@ -316,10 +316,10 @@ impl Verifier {
                     rd.short()
                 ));
             }
-            if let Some(want) = cx.nonce {
-                if claims.nonce.as_deref() != Some(want) {
-                    return Err("evidence does not carry the nonce this verifier asked for; it may be a replay".into());
-                }
+            if let Some(want) = cx.nonce
+                && claims.nonce.as_deref() != Some(want)
+            {
+                return Err("evidence does not carry the nonce this verifier asked for; it may be a replay".into());
             }
             Ok(((), format!("evidence binds key configs {}, expiry {} and release {}", kc.short(), b.key_expiry(), rd.short())))
         })?;

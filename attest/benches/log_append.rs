@@ -10,7 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -38,8 +41,14 @@ fn main() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -47,7 +56,10 @@ fn main() {
         .build()
         .unwrap();
     let (elapsed, done) = rt.block_on(async {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(writers as usize).build().unwrap();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(writers as usize)
+            .build()
+            .unwrap();
         let per_writer = entries / writers;
         let start = Instant::now();
         let mut tasks = Vec::new();

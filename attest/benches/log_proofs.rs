@@ -37,7 +37,12 @@ fn bench(c: &mut Criterion) {
     let mut tiles = TileSet::new(N);
     for t in tile::tiles_to_publish(0, N) {
         if let TileKind::Hash(l) = t.kind {
-            tiles.insert(t, &tile::hash_tile_data(&tree, l, t.index, t.width).unwrap()).unwrap();
+            tiles
+                .insert(
+                    t,
+                    &tile::hash_tile_data(&tree, l, t.index, t.width).unwrap(),
+                )
+                .unwrap();
         }
     }
     g.bench_function("inclusion_proof_generate_from_tiles", |b| {
@@ -55,10 +60,13 @@ fn bench(c: &mut Criterion) {
     let cproof = tree.consistency_proof(12_345, N).unwrap();
     let old_root = tree.root(12_345).unwrap();
     g.bench_function("consistency_proof_verify", |b| {
-        b.iter(|| merkle::verify_consistency(12_345, N, &old_root, &root, black_box(&cproof)).unwrap())
+        b.iter(|| {
+            merkle::verify_consistency(12_345, N, &old_root, &root, black_box(&cproof)).unwrap()
+        })
     });
     // Full check of an inclusion bundle: checkpoint signature + body + proof.
-    let (signer, _) = NoteSigner::generate_with_rng(&mut rand::rngs::OsRng, "bench.tandem/log").unwrap();
+    let (signer, _) =
+        NoteSigner::generate_with_rng(&mut rand::rngs::OsRng, "bench.tandem/log").unwrap();
     let cp = note::sign_checkpoint(&Checkpoint::new("bench.tandem/log", N, root), &signer).unwrap();
     let bundle = InclusionBundle::new(i, N, &proof, &cp);
     let v = signer.verifier();

@@ -4,10 +4,10 @@ use libfuzzer_sys::fuzz_target;
 use tandem_attest::log::tile::{self, TilePath};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = std::str::from_utf8(data) {
-        if let Ok(t) = TilePath::parse(s) {
-            assert_eq!(t.to_path(), s);
-        }
+    if let Ok(s) = std::str::from_utf8(data)
+        && let Ok(t) = TilePath::parse(s)
+    {
+        assert_eq!(t.to_path(), s);
     }
     if let Some((&w, rest)) = data.split_first() {
         let width = u16::from(w) + 1;

@@ -194,12 +194,12 @@ fn proof_json(size: u64, proof: &[Hash]) -> Response {
     axum::Json(serde_json::json!({ "tree_size": size, "proof": hashes })).into_response()
 }
 
-fn param(q: &HashMap<String, String>, name: &str) -> Result<u64, Response> {
+fn param(q: &HashMap<String, String>, name: &str) -> Result<u64, Box<Response>> {
     q.get(name).and_then(|v| v.parse().ok()).ok_or_else(|| {
-        text(
+        Box::new(text(
             StatusCode::BAD_REQUEST,
             format!("query parameter {name} must be a number"),
-        )
+        ))
     })
 }
 
@@ -209,7 +209,7 @@ async fn inclusion(
 ) -> Response {
     let (index, size) = match (param(&q, "index"), param(&q, "size")) {
         (Ok(i), Ok(n)) => (i, n),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return *r,
     };
     let Ok(store) = s.store.read() else {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "state poisoned");
@@ -226,7 +226,7 @@ async fn consistency(
 ) -> Response {
     let (old, new) = match (param(&q, "old"), param(&q, "new")) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return *r,
     };
     let Ok(store) = s.store.read() else {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "state poisoned");

@@ -115,7 +115,7 @@ impl LogStore {
             pos = next;
         }
         let truncated_bytes = (bytes.len() - pos) as u64;
-        if tree.size() % TILE_WIDTH == 0 {
+        if tree.size().is_multiple_of(TILE_WIDTH) {
             entries_since_tile.clear();
         }
 

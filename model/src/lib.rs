@@ -53,7 +53,7 @@ pub mod train;
 pub mod weights;
 
 pub use adapter_cache::{AdapterCache, CacheStats};
-pub use candle_core::{DType, Device, Tensor};
+pub use candle_core::{DType, Device, Tensor, Var};
 pub use candle_nn::{VarBuilder, VarMap};
 pub use config::Config;
 pub use digest::{AdapterDigest, ModelDigest, Sha256Digest};

@@ -6,12 +6,14 @@
 
 use clap::{Parser, Subcommand};
 
+mod eval_cmd;
 mod model_cmd;
+mod train_cmd;
 
 /// Generates the `tandem model` subcommand enum from the module list, and its dispatch.
 macro_rules! model_subcommands {
     ($($module:ident :: Cmd => $variant:ident),* $(,)?) => {
-        /// Run, inspect and evaluate local models.
+        /// Run, inspect, evaluate and train local models.
         #[derive(Debug, Subcommand)]
         enum ModelCommand {
             $(
@@ -32,6 +34,7 @@ macro_rules! model_subcommands {
 
 model_subcommands! {
     model_cmd::Cmd => Inference,
+    train_cmd::Cmd => Training,
 }
 
 /// Tandem: private split inference.
@@ -44,13 +47,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Local model commands (perplexity, generate, inspect, …).
+    /// Local model commands (perplexity, generate, inspect, train, …).
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Evaluation: held-out perplexity, task adapters.
+    #[command(subcommand)]
+    Eval(eval_cmd::EvalCmd),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Model(c) => c.run(),
+        Command::Eval(c) => eval_cmd::run(&c),
     }
 }

@@ -22,6 +22,27 @@ use tandem_model::train::trainer::{
 };
 use tandem_model::{Config, DType, Device, Model, Tokenizer, VarBuilder, VarMap};
 
+/// The training subcommands of `tandem model`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Cmd {
+    /// Train a byte-level BPE tokenizer on a corpus.
+    TrainTokenizer(TrainTokenizerArgs),
+    /// Pre-train a base model (AdamW, warm-up + cosine, checkpoints, resume).
+    Train(TrainArgs),
+    /// Train a LoRA task adapter on a frozen base model.
+    TrainAdapter(TrainAdapterArgs),
+}
+
+impl Cmd {
+    pub fn run(self) -> Result<()> {
+        match self {
+            Cmd::TrainTokenizer(a) => train_tokenizer(&a),
+            Cmd::Train(a) => train(&a),
+            Cmd::TrainAdapter(a) => train_adapter(&a),
+        }
+    }
+}
+
 /// `tandem model train-tokenizer`
 #[derive(Debug, Args)]
 pub struct TrainTokenizerArgs {
@@ -299,7 +320,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             .lock()
             .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
         for (n, t) in named {
-            data.insert(n, candle_core::Var::from_tensor(&t)?);
+            data.insert(n, tandem_model::Var::from_tensor(&t)?);
         }
         drop(data);
         init_note = format!("{} ({}) grown x{factor}", src.display(), loaded.digest);

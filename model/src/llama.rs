@@ -311,10 +311,7 @@ impl Proj {
         let din = dims[dims.len() - 1];
         let rows = x.elem_count() / din;
         let x2 = x.reshape((rows, din))?;
-        let mut y = match gemv_f16(&x2, &self.weight)? {
-            Some(y) => y,
-            None => x2.matmul(&self.weight.t()?)?,
-        };
+        let mut y = x2.matmul(&self.weight.t()?)?;
         if let Some(l) = lora {
             let delta = x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
             y = (y + delta.affine(l.scale, 0.0)?)?;
@@ -324,67 +321,6 @@ impl Proj {
         out[last] = self.weight.dim(0)?;
         Ok(y.reshape(out)?)
     }
-}
-
-/// One-row f16 product `x Wᵀ` (the decode step), accumulating in f32. candle's generic f16
-/// GEMM does not stream a matrix-vector product at memory speed; this reads each weight row
-/// once, converts it with F16C and accumulates with FMA-friendly independent lanes, split over
-/// `RAYON_NUM_THREADS` threads by output rows. Returns `None` when it does not apply.
-fn gemv_f16(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    use half::slice::HalfFloatSliceExt;
-    if x.dim(0)? != 1 || w.dtype() != DType::F16 || !w.device().is_cpu() {
-        return Ok(None);
-    }
-    let (dout, din) = w.dims2()?;
-    let xv: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let (storage, layout) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::F16(data)) = &*storage else {
-        return Ok(None);
-    };
-    if !layout.is_contiguous() {
-        return Ok(None);
-    }
-    let off = layout.start_offset();
-    let Some(wd) = data.get(off..off + dout * din) else {
-        return Ok(None);
-    };
-    let mut out = vec![half::f16::ZERO; dout];
-    let rows = |first: usize, out: &mut [half::f16]| {
-        let mut buf = vec![0f32; din];
-        for (j, o) in out.iter_mut().enumerate() {
-            let r = first + j;
-            wd[r * din..(r + 1) * din].convert_to_f32_slice(&mut buf);
-            let mut acc = [0f32; 16];
-            let mut bc = buf.chunks_exact(16);
-            let mut xc = xv.chunks_exact(16);
-            for (b, xs) in (&mut bc).zip(&mut xc) {
-                for k in 0..16 {
-                    acc[k] += b[k] * xs[k];
-                }
-            }
-            let tail: f32 = bc
-                .remainder()
-                .iter()
-                .zip(xc.remainder())
-                .map(|(a, b)| a * b)
-                .sum();
-            *o = half::f16::from_f32(acc.iter().sum::<f32>() + tail);
-        }
-    };
-    let threads = candle_core::utils::get_num_threads().max(1);
-    if threads == 1 || dout < 256 {
-        rows(0, &mut out);
-    } else {
-        let chunk = dout.div_ceil(threads);
-        std::thread::scope(|s| {
-            for (ci, oc) in out.chunks_mut(chunk).enumerate() {
-                let rows = &rows;
-                s.spawn(move || rows(ci * chunk, oc));
-            }
-        });
-    }
-    drop(storage);
-    Ok(Some(Tensor::from_vec(out, (1, dout), x.device())?))
 }
 
 /// Grouped-query self-attention (Ainslie et al. 2023).

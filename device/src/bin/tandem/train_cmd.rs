@@ -398,7 +398,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             s.grad_norm,
             tps
         ));
-        if s.step % a.checkpoint_every == 0 || s.step == stop_at {
+        if s.step.is_multiple_of(a.checkpoint_every) || s.step == stop_at {
             checkpoint::save(&a.out.join("checkpoint"), &trainer, meta.clone())?;
             checkpoint::export_pretrained(&model, &tok_bytes, DType::F32, &a.out.join("model"))?;
             let ev = if eval_windows.is_empty() {

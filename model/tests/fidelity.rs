@@ -373,3 +373,34 @@ fn adapter_cache_is_lru_by_bytes() {
     );
     assert_eq!(tiny.stats().entries, 0);
 }
+
+#[test]
+fn f16_decode_path_matches_f16_prefill() {
+    // Single-token decode steps in f16 agree with one multi-token f16 forward and the f32 reference.
+    let m = model("untied_gqa_sharded", DType::F16);
+    let ids = reference().encodings[1].clone();
+    let mut c = Cache::new(&m.model, 1, ids.len()).expect("cache");
+    let full = m
+        .model
+        .forward(&m.model.tokens_tensor(&ids).expect("ids"), None, &mut c)
+        .expect("forward");
+    let mut c = Cache::new(&m.model, 1, ids.len()).expect("cache");
+    let steps: Vec<Tensor> = ids
+        .iter()
+        .map(|&t| {
+            m.model
+                .forward(&m.model.tokens_tensor(&[t]).expect("id"), None, &mut c)
+                .expect("step")
+        })
+        .collect();
+    let stepped = Tensor::cat(&steps, 1).expect("cat");
+    let d = max_abs_diff(&full, &stepped);
+    let want = reference_logits("untied_gqa_sharded/p1");
+    let scale = max_abs_diff(&want, &want.zeros_like().expect("zeros"));
+    assert!(d < 0.02 * scale, "f16 step vs prefill: {d} (scale {scale})");
+    let d32 = max_abs_diff(&stepped.squeeze(0).expect("squeeze"), &want);
+    assert!(
+        d32 < 0.05 * scale,
+        "f16 steps vs f32 reference: {d32} (scale {scale})"
+    );
+}

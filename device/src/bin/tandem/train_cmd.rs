@@ -326,13 +326,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         init_note = format!("{} ({}) grown x{factor}", src.display(), loaded.digest);
     }
     let model = Model::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
-    let vars: Vec<_> = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let vars = named_vars(&varmap)?;
     let tc = TrainConfig {
         seed: a.seed,
         batch_size: a.batch,
@@ -533,13 +527,7 @@ pub fn train_adapter(a: &TrainAdapterArgs) -> Result<()> {
     let avm = VarMap::new();
     let acfg = AdapterConfig::new(a.rank, a.alpha, &Target::ALL);
     let adapter = Adapter::new(acfg, &cfg, VarBuilder::from_varmap(&avm, DType::F32, &dev))?;
-    let vars: Vec<_> = avm
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let vars = named_vars(&avm)?;
     let tc = TrainConfig {
         seed: a.seed,
         batch_size: a.batch,
@@ -625,4 +613,15 @@ pub fn train_adapter(a: &TrainAdapterArgs) -> Result<()> {
         trainer.tokens_seen()
     );
     Ok(())
+}
+
+/// The trainable variables of a `VarMap`, with their names (for the optimizer and checkpoints).
+fn named_vars(varmap: &VarMap) -> Result<Vec<(String, tandem_model::Var)>> {
+    Ok(varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect())
 }

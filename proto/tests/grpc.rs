@@ -4,31 +4,27 @@ use prost::Message;
 use tandem_proto::v1::{
     AttestationBundle, InclusionProof, SubmitReply, SubmitRequest, submit_reply,
 };
-use tandem_proto::{KeyConfig, NodeKey, Suite};
 
 #[test]
-fn attestation_bundle_round_trips_key_configs_bytes() {
-    let node = NodeKey::derive(4, b"grpc test node ikm 0123456789abc", &Suite::ALL).expect("ok");
-    let list = KeyConfig::encode_list(&[node.config().clone()]);
+fn attestation_bundle_carries_the_document_bytes_unchanged() {
+    let document = br#"{"mediaType":"application/vnd.tandem.attestation.v1+json"}"#.to_vec();
     let bundle = AttestationBundle {
-        key_configs: list.clone(),
-        key_expiry_unix: 1_800_000_000,
-        evidence: vec![1, 2, 3],
-        release_bundle: vec![4, 5],
-        inclusion_proof: Some(InclusionProof {
-            leaf_index: 7,
-            tree_size: 9,
-            hashes: vec![vec![0xab; 32]],
-        }),
-        checkpoint: b"example.com/log\n9\n...".to_vec(),
+        document: document.clone(),
     };
     let bytes = bundle.encode_to_vec();
     let back = AttestationBundle::decode(bytes.as_slice()).expect("decodes");
-    assert_eq!(back, bundle);
-    assert_eq!(
-        KeyConfig::decode_list(&back.key_configs).expect("list"),
-        vec![node.config().clone()]
-    );
+    assert_eq!(back.document, document);
+}
+
+#[test]
+fn inclusion_proof_round_trips() {
+    let proof = InclusionProof {
+        leaf_index: 7,
+        tree_size: 9,
+        hashes: vec![vec![0xab; 32]],
+    };
+    let back = InclusionProof::decode(proof.encode_to_vec().as_slice()).expect("decodes");
+    assert_eq!(back, proof);
 }
 
 #[test]

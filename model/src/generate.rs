@@ -132,6 +132,21 @@ impl Model {
         params: &GenerateParams,
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation> {
+        self.generate_with_tokens(tokenizer, prompt, adapter, params, |text, _| on_text(text))
+    }
+
+    /// Like [`Model::generate`], but the callback also receives the ids of the tokens generated
+    /// since its previous call (the ones that produced `text`; a final call with empty text
+    /// hands over tokens whose text was held back or cut by a stop string). Concatenating every
+    /// call's ids gives [`Generation::tokens`].
+    pub fn generate_with_tokens(
+        &self,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        adapter: Option<&Adapter>,
+        params: &GenerateParams,
+        mut on_text: impl FnMut(&str, &[u32]) -> ControlFlow<()>,
+    ) -> Result<Generation> {
         if prompt.is_empty() {
             return Err(UsageError::Empty("the prompt has no tokens").into());
         }
@@ -161,11 +176,17 @@ impl Model {
         let mut generated = Vec::new();
         let mut input = self.tokens_tensor(prompt)?;
         let mut finish = FinishReason::Length;
-        let mut emit = |piece: &str, stop: &mut StopFilter| -> (bool, bool) {
-            let (out, hit) = stop.push(piece);
-            let cancelled = !out.is_empty() && on_text(&out).is_break();
-            (hit, cancelled)
-        };
+        let mut pending: Vec<u32> = Vec::new();
+        let mut emit =
+            |piece: &str, stop: &mut StopFilter, pending: &mut Vec<u32>| -> (bool, bool) {
+                let (out, hit) = stop.push(piece);
+                let cancelled = !out.is_empty() && {
+                    let flow = on_text(&out, pending);
+                    pending.clear();
+                    flow.is_break()
+                };
+                (hit, cancelled)
+            };
         while generated.len() < params.max_tokens && cache.len() < capacity {
             let logits = self
                 .forward_last(&input, adapter, &mut cache)?
@@ -178,8 +199,9 @@ impl Model {
             }
             generated.push(next);
             context.push(next);
+            pending.push(next);
             if let Some(piece) = decoder.push(next)? {
-                let (hit, cancelled) = emit(&piece, &mut stop);
+                let (hit, cancelled) = emit(&piece, &mut stop, &mut pending);
                 if hit {
                     finish = FinishReason::StopString;
                     break;
@@ -193,15 +215,19 @@ impl Model {
         }
         if finish != FinishReason::StopString && finish != FinishReason::Cancelled {
             if let Some(rest) = decoder.finish()? {
-                let (hit, _) = emit(&rest, &mut stop);
+                let (hit, _) = emit(&rest, &mut stop, &mut pending);
                 if hit {
                     finish = FinishReason::StopString;
                 }
             }
             let rest = stop.flush();
             if !rest.is_empty() {
-                let _ = on_text(&rest);
+                let _ = on_text(&rest, &pending);
+                pending.clear();
             }
+        }
+        if !pending.is_empty() {
+            let _ = on_text("", &pending);
         }
         Ok(Generation {
             text: stop.text,

@@ -78,6 +78,25 @@ fn greedy_continuations_match_transformers() {
             .expect("generate");
         assert_eq!(g.tokens, case.greedy, "{}", case.logits);
         assert_eq!(streamed, g.text);
+        // The token-carrying variant hands over every generated id exactly once, in order.
+        let (mut ids, mut text) = (Vec::new(), String::new());
+        let g2 = m
+            .model
+            .generate_with_tokens(
+                &m.tokenizer,
+                &r.encodings[case.prompt],
+                a.as_ref().map(|a| &a.adapter),
+                &params,
+                |d, t| {
+                    text.push_str(d);
+                    ids.extend_from_slice(t);
+                    ControlFlow::Continue(())
+                },
+            )
+            .expect("generate_with_tokens");
+        assert_eq!(ids, g2.tokens);
+        assert_eq!(g2.tokens, g.tokens);
+        assert_eq!(text, g.text);
         assert_eq!(g.text, m.tokenizer.decode(&g.tokens).expect("decode"));
     }
 }

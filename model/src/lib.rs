@@ -60,7 +60,10 @@ pub use digest::{AdapterDigest, ModelDigest, Sha256Digest};
 pub use error::{AdapterError, Error, LoadError, Result, UsageError};
 pub use generate::{FinishReason, GenerateParams, Generation};
 pub use llama::{Cache, Model};
-pub use loader::{LoadedAdapter, LoadedModel, load_adapter, load_model};
+pub use loader::{
+    LoadedAdapter, LoadedModel, adapter_digest, adapter_files, load_adapter, load_model,
+    model_digest, model_files,
+};
 pub use lora::{Adapter, AdapterConfig, Target};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};

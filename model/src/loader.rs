@@ -147,6 +147,60 @@ fn check_tensors(
     Ok(())
 }
 
+/// The files that define a model directory, exactly the set its [`ModelDigest`] covers:
+/// `config.json`, `tokenizer.json`, the shard index when present, and every weights shard.
+/// Checks only that they exist (nothing is parsed beyond the shard index).
+pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let config_path = dir.join(CONFIG_FILE);
+    if !config_path.is_file() {
+        return Err(LoadError::Io {
+            path: config_path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no config.json"),
+        }
+        .into());
+    }
+    let tok_path = dir.join(TOKENIZER_FILE);
+    if !tok_path.is_file() {
+        return Err(LoadError::TokenizerMissing { path: tok_path }.into());
+    }
+    let (shards, index) = weight_files(dir)?;
+    let mut files = vec![config_path, tok_path];
+    files.extend(index);
+    files.extend(shards);
+    Ok(files)
+}
+
+/// The content digest of a model directory without loading its weights (the same value
+/// [`load_model`] reports).
+pub fn model_digest(dir: &Path) -> Result<ModelDigest> {
+    let files = model_files(dir)?;
+    Ok(ModelDigest(digest_files(&files).map_err(|source| {
+        LoadError::Io {
+            path: dir.to_owned(),
+            source,
+        }
+    })?))
+}
+
+/// The files of a PEFT adapter directory its [`AdapterDigest`] covers.
+pub fn adapter_files(dir: &Path) -> Vec<PathBuf> {
+    vec![
+        dir.join(ADAPTER_CONFIG_FILE),
+        dir.join(ADAPTER_WEIGHTS_FILE),
+    ]
+}
+
+/// The content digest of an adapter directory without loading it (the same value
+/// [`load_adapter`] reports).
+pub fn adapter_digest(dir: &Path) -> Result<AdapterDigest> {
+    Ok(AdapterDigest(digest_files(&adapter_files(dir)).map_err(
+        |source| AdapterError::Io {
+            path: dir.to_owned(),
+            source,
+        },
+    )?))
+}
+
 /// Loads a model directory (`config.json`, `*.safetensors` or a sharded index,
 /// `tokenizer.json`) with weights converted to `dtype` (F32, F16 or BF16) on `device`.
 pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {

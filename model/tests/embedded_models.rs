@@ -42,6 +42,11 @@ fn check_model(name: &str) {
         want,
         "{name}: weights changed without updating MODEL_CARD.md"
     );
+    // The digest computed without loading (what nodes and devices pin) is the loaded one.
+    assert_eq!(
+        tandem_model::model_digest(&dir).expect("model_digest"),
+        m.digest
+    );
 
     for task in ["proofread", "truecase"] {
         let adir = dir.join("adapters").join(task);
@@ -54,6 +59,10 @@ fn check_model(name: &str) {
             a.digest.to_string(),
             want,
             "{name}/{task}: adapter changed without updating the card"
+        );
+        assert_eq!(
+            tandem_model::adapter_digest(&adir).expect("adapter_digest"),
+            a.digest
         );
     }
 

@@ -1,1 +1,676 @@
-//! (being written: see issue 7)
+//! The compute node's TOML config (`tandem-node serve --config FILE`).
+//!
+//! **One measured file for the whole fleet.** The node's release measures this file (artifact
+//! kind `node-config`), so every value in it is shared by every node of the release. Values that
+//! differ per node are *not* in it: the listen address (`--listen ADDR`) and the node's identity
+//! (`--identity DIR`: its root-of-trust key and certificate, and its TLS certificate and key) are
+//! command-line flags of `serve` that complete the config. N nodes therefore run one binary, one
+//! config file and one release.
+//!
+//! Relative paths in the file are resolved against the directory holding the file.
+//!
+//! ```toml
+//! log_url = "http://127.0.0.1:7000"            # the tlog-tiles log of releases
+//! log_key = "tandem-dev-log+1a2b3c4d+AXk…"      # the log's verifier-note key
+//! release_bundle = "release.json"               # signed, logged release of this node image
+//! key_lifetime_secs = 86400                     # HPKE key lifetime (default 24 h)
+//! tls = true                                    # serve gRPC over TLS (cert/key: --identity DIR)
+//!
+//! [[models]]
+//! dir = "../models/device"                      # config.json, *.safetensors, tokenizer.json
+//! adapters = ["proofread", "truecase"]          # under <dir>/adapters/<name>/ (default: all)
+//!
+//! [root_of_trust]
+//! kind = "software"                             # or "tpm" (not built yet, refused at start)
+//!
+//! [limits]
+//! max_prompt_bytes = 65536
+//! max_new_tokens = 256
+//! deadline_secs = 60
+//! queue_depth = 64
+//! max_concurrent = 2
+//! ```
+//!
+//! [`NodeConfig::from_toml`] checks every field before anything is loaded or bound;
+//! [`NodeConfig::resolve`] combines it with the command-line values into a [`ResolvedConfig`]
+//! and checks that every file it names exists.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default HPKE key lifetime: 24 hours.
+pub const DEFAULT_KEY_LIFETIME_SECS: u64 = 24 * 3600;
+/// File name of the software root's identity key inside `--identity DIR` (PKCS#8 PEM, P-256).
+pub const IDENTITY_KEY_FILE: &str = "identity.key.pem";
+/// File name of the fleet certificate of that key inside `--identity DIR` (JSON, see
+/// [`crate::node::identity`]).
+pub const IDENTITY_CERT_FILE: &str = "identity.cert.json";
+/// File name of the TLS certificate chain inside `--identity DIR` (PEM).
+pub const TLS_CERT_FILE: &str = "tls.cert.pem";
+/// File name of the TLS private key inside `--identity DIR` (PEM).
+pub const TLS_KEY_FILE: &str = "tls.key.pem";
+
+/// A config file could not be read or breaks a rule. Every message names the field.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown or mistyped field).
+    #[error("config {path} is not a valid node config: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message (names the field and line).
+        reason: String,
+    },
+    /// A field has a value the node cannot run with.
+    #[error("config field `{field}`: {reason}")]
+    Invalid {
+        /// The field, as written in the file (e.g. `limits.queue_depth`).
+        field: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The node config as written in the TOML file (shared by every node of a release).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Models to serve, at least one. Every model must use the same `tokenizer.json` (the
+    /// release measures one tokenizer artifact).
+    pub models: Vec<ModelConfig>,
+    /// Default listen address (`host:port`). Per node, so normally given with `--listen`,
+    /// which overrides this.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Base URL of the transparency log of releases (C2SP tlog-tiles read API: `GET
+    /// /checkpoint`, `GET /tile/...`), e.g. `http://127.0.0.1:7000`.
+    pub log_url: String,
+    /// The log's verifier key in C2SP signed-note form (`<name>+<key id>+<base64>`); the
+    /// checkpoint the node fetches must be signed by it.
+    pub log_key: String,
+    /// Path of the signed release bundle (Sigstore bundle JSON made by `attest release sign`,
+    /// optionally with a log entry attached). The node recomputes the release from its own
+    /// binary, this file, the models and adapters, and refuses to start unless it matches.
+    pub release_bundle: PathBuf,
+    /// Root of trust that vouches for the node's keys.
+    pub root_of_trust: RootOfTrustConfig,
+    /// Serve gRPC over TLS (rustls, ring provider). The certificate and key come from
+    /// `--identity DIR` (`tls.cert.pem`, `tls.key.pem`) or `--tls-cert`/`--tls-key`. Without
+    /// TLS the inner HPKE still protects every request end to end; TLS protects metadata on each
+    /// hop. Default: false.
+    #[serde(default)]
+    pub tls: bool,
+    /// Lifetime of each HPKE key in seconds (default 86400 = 24 h). A new key is made at half
+    /// its lifetime; the old one keeps opening requests until it expires. At least 60.
+    #[serde(default = "default_key_lifetime")]
+    pub key_lifetime_secs: u64,
+    /// How far back a request's creation time may lie, in seconds (replay window; default 300).
+    /// At most the key lifetime.
+    #[serde(default = "default_replay_window")]
+    pub replay_window_secs: u64,
+    /// How far ahead of the node's clock a request's creation time may lie (default 60).
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_secs: u64,
+    /// How often the node fetches a fresh checkpoint and inclusion proof of its release, in
+    /// seconds (default 3600; 0 = only at start and on key rotation).
+    #[serde(default = "default_log_refresh")]
+    pub log_refresh_secs: u64,
+    /// Bytes of adapter weights kept loaded (default 256 MiB); evicted adapters are loaded
+    /// again from disk and checked against their measured digest.
+    #[serde(default = "default_adapter_cache")]
+    pub adapter_cache_bytes: usize,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// One model directory to serve.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The model directory (`config.json`, `*.safetensors`, `tokenizer.json`), as
+    /// `tandem_model::load_model` reads it. Its last path component names the model inside the
+    /// release (`<name>/config.json`), so it must be unique among the models.
+    pub dir: PathBuf,
+    /// Adapters to serve, by directory name under `<dir>/adapters/`. Omitted: every
+    /// subdirectory of `<dir>/adapters/`; empty list: none.
+    #[serde(default)]
+    pub adapters: Option<Vec<String>>,
+    /// Compute dtype: `"f32"` (default; what the device's local path uses, so greedy outputs
+    /// match) or `"f16"`.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+}
+
+/// The root of trust.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RootOfTrustConfig {
+    /// Development root: a P-256 identity key certified by the fleet CA signs the evidence.
+    /// Key and certificate come from `--identity DIR` (`identity.key.pem`,
+    /// `identity.cert.json`).
+    Software,
+    /// TPM 2.0 quote of PCR 23 (holding the release digest) by a certified attestation key.
+    /// Accepted by the parser so configs can name it; `serve` refuses to start with it for now.
+    Tpm {
+        /// TSS2 TCTI string, e.g. `swtpm:host=127.0.0.1,port=2321`.
+        tcti: String,
+    },
+}
+
+/// Per-request and capacity limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest prompt in bytes (UTF-8); larger prompts get `RESOURCE_EXHAUSTED`. Default 65536.
+    pub max_prompt_bytes: usize,
+    /// Most new tokens one request may ask for; more gets `OUT_OF_RANGE`. Default 256.
+    pub max_new_tokens: u32,
+    /// Seconds a request may take from arrival to its last chunk (queue wait included). Past
+    /// it: `DEADLINE_EXCEEDED` before the head, or a sealed error chunk after. Default 60.
+    pub deadline_secs: u64,
+    /// Requests that may wait for a generation slot; when full, new requests get
+    /// `RESOURCE_EXHAUSTED`. Default 64.
+    pub queue_depth: usize,
+    /// Generations running at once (each on its own blocking thread). Default 2.
+    pub max_concurrent: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_prompt_bytes: 64 * 1024,
+            max_new_tokens: 256,
+            deadline_secs: 60,
+            queue_depth: 64,
+            max_concurrent: 2,
+        }
+    }
+}
+
+fn default_key_lifetime() -> u64 {
+    DEFAULT_KEY_LIFETIME_SECS
+}
+fn default_replay_window() -> u64 {
+    300
+}
+fn default_clock_skew() -> u64 {
+    60
+}
+fn default_log_refresh() -> u64 {
+    3600
+}
+fn default_adapter_cache() -> usize {
+    256 << 20
+}
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+impl NodeConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<(NodeConfig, Vec<u8>), ConfigError> {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = Self::from_toml(&bytes, path)?;
+        Ok((cfg, bytes))
+    }
+
+    /// Parses and checks config bytes (`path` is for messages only).
+    pub fn from_toml(bytes: &[u8], path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every field's value (not the files it names: see [`NodeConfig::resolve`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.models.is_empty() {
+            return Err(invalid(
+                "models",
+                "no model to serve; add a [[models]] table with `dir`",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let name = model_name(&m.dir).ok_or_else(|| {
+                invalid(format!("models[{i}].dir"), "has no final path component")
+            })?;
+            if !names.insert(name.clone()) {
+                return Err(invalid(
+                    format!("models[{i}].dir"),
+                    format!("a second model named {name:?}; model directory names must be unique"),
+                ));
+            }
+            if m.dtype != "f32" && m.dtype != "f16" {
+                return Err(invalid(
+                    format!("models[{i}].dtype"),
+                    format!("{:?}; expected \"f32\" or \"f16\"", m.dtype),
+                ));
+            }
+            if let Some(list) = &m.adapters {
+                let mut seen = std::collections::BTreeSet::new();
+                for a in list {
+                    if a.is_empty() || a.contains(['/', '\\']) || a == "." || a == ".." {
+                        return Err(invalid(
+                            format!("models[{i}].adapters"),
+                            format!("{a:?} is not a plain directory name"),
+                        ));
+                    }
+                    if !seen.insert(a) {
+                        return Err(invalid(
+                            format!("models[{i}].adapters"),
+                            format!("{a:?} is listed twice"),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(l) = &self.listen {
+            l.parse::<SocketAddr>()
+                .map_err(|e| invalid("listen", format!("{l:?} is not host:port ({e})")))?;
+        }
+        if !(self.log_url.starts_with("http://") || self.log_url.starts_with("https://")) {
+            return Err(invalid(
+                "log_url",
+                format!("{:?} must start with http:// or https://", self.log_url),
+            ));
+        }
+        tandem_attest::log::NoteVerifier::new(&self.log_key)
+            .map_err(|e| invalid("log_key", format!("not a signed-note verifier key: {e}")))?;
+        if self.key_lifetime_secs < 60 {
+            return Err(invalid(
+                "key_lifetime_secs",
+                format!("{} s; at least 60 s", self.key_lifetime_secs),
+            ));
+        }
+        if self.replay_window_secs == 0 || self.replay_window_secs > self.key_lifetime_secs {
+            return Err(invalid(
+                "replay_window_secs",
+                format!(
+                    "{} s; must be 1..=key_lifetime_secs ({})",
+                    self.replay_window_secs, self.key_lifetime_secs
+                ),
+            ));
+        }
+        if let RootOfTrustConfig::Tpm { tcti } = &self.root_of_trust
+            && tcti.is_empty()
+        {
+            return Err(invalid("root_of_trust.tcti", "empty TCTI string"));
+        }
+        let l = &self.limits;
+        let checks: [(&str, bool); 5] = [
+            ("limits.max_prompt_bytes", l.max_prompt_bytes == 0),
+            ("limits.max_new_tokens", l.max_new_tokens == 0),
+            ("limits.deadline_secs", l.deadline_secs == 0),
+            ("limits.max_concurrent", l.max_concurrent == 0),
+            (
+                "limits.max_prompt_bytes",
+                l.max_prompt_bytes > 8 * 1024 * 1024,
+            ),
+        ];
+        for (field, bad) in checks {
+            if bad {
+                return Err(invalid(
+                    field,
+                    "must be at least 1 (and max_prompt_bytes at most 8 MiB)",
+                ));
+            }
+        }
+        if l.max_concurrent > 256 {
+            return Err(invalid("limits.max_concurrent", "at most 256"));
+        }
+        if self.adapter_cache_bytes == 0 {
+            return Err(invalid("adapter_cache_bytes", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Completes the config with the per-node command-line values and checks every file it
+    /// names. `config_path` is where the config was read from (relative paths resolve against
+    /// its directory).
+    pub fn resolve(
+        &self,
+        config_path: &Path,
+        overrides: &Overrides,
+    ) -> Result<ResolvedConfig, ConfigError> {
+        let base = config_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let abs = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let listen_text = overrides
+            .listen
+            .clone()
+            .or_else(|| self.listen.clone())
+            .ok_or_else(|| invalid("listen", "no listen address: pass --listen ADDR"))?;
+        let listen: SocketAddr = listen_text.parse().map_err(|e| {
+            invalid(
+                "--listen",
+                format!("{listen_text:?} is not host:port ({e})"),
+            )
+        })?;
+        let need_file = |field: &str, p: PathBuf| -> Result<PathBuf, ConfigError> {
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(invalid(
+                    field,
+                    format!("{} does not exist or is not a file", p.display()),
+                ))
+            }
+        };
+        let identity = |file: &str, flag: &str| -> Result<PathBuf, ConfigError> {
+            let dir = overrides.identity.as_ref().ok_or_else(|| {
+                invalid(
+                    flag,
+                    format!("no {file}: pass --identity DIR holding {file}"),
+                )
+            })?;
+            need_file(flag, dir.join(file))
+        };
+        let mut models = Vec::with_capacity(self.models.len());
+        for (i, m) in self.models.iter().enumerate() {
+            let dir = abs(&m.dir);
+            if !dir.join("config.json").is_file() {
+                return Err(invalid(
+                    format!("models[{i}].dir"),
+                    format!("{} has no config.json", dir.display()),
+                ));
+            }
+            let adir = dir.join("adapters");
+            let adapters = match &m.adapters {
+                Some(list) => list.clone(),
+                None if adir.is_dir() => {
+                    let mut v = Vec::new();
+                    let rd = std::fs::read_dir(&adir).map_err(|e| {
+                        invalid(
+                            format!("models[{i}].dir"),
+                            format!("listing {}: {e}", adir.display()),
+                        )
+                    })?;
+                    for e in rd.flatten() {
+                        if e.path().is_dir() {
+                            v.push(e.file_name().to_string_lossy().into_owned());
+                        }
+                    }
+                    v.sort();
+                    v
+                }
+                None => Vec::new(),
+            };
+            for a in &adapters {
+                if !adir.join(a).join("adapter_config.json").is_file() {
+                    return Err(invalid(
+                        format!("models[{i}].adapters"),
+                        format!("{} has no adapter_config.json", adir.join(a).display()),
+                    ));
+                }
+            }
+            models.push(ResolvedModel {
+                name: model_name(&m.dir).unwrap_or_default(),
+                dir,
+                adapters,
+                f16: m.dtype == "f16",
+            });
+        }
+        let tls = if self.tls {
+            let cert = match &overrides.tls_cert {
+                Some(p) => need_file("--tls-cert", p.clone())?,
+                None => identity(TLS_CERT_FILE, "--identity")?,
+            };
+            let key = match &overrides.tls_key {
+                Some(p) => need_file("--tls-key", p.clone())?,
+                None => identity(TLS_KEY_FILE, "--identity")?,
+            };
+            Some((cert, key))
+        } else {
+            None
+        };
+        let root = match &self.root_of_trust {
+            RootOfTrustConfig::Software => ResolvedRoot::Software {
+                key: identity(IDENTITY_KEY_FILE, "--identity")?,
+                cert: identity(IDENTITY_CERT_FILE, "--identity")?,
+            },
+            RootOfTrustConfig::Tpm { tcti } => ResolvedRoot::Tpm { tcti: tcti.clone() },
+        };
+        let release_bundle = match &overrides.release_bundle {
+            Some(p) => need_file("--release", p.clone())?,
+            None => need_file("release_bundle", abs(&self.release_bundle))?,
+        };
+        Ok(ResolvedConfig {
+            config_path: config_path.to_owned(),
+            listen,
+            models,
+            log_url: self.log_url.trim_end_matches('/').to_owned(),
+            log_key: self.log_key.clone(),
+            release_bundle,
+            root,
+            tls,
+            key_lifetime_secs: self.key_lifetime_secs,
+            replay_window_secs: self.replay_window_secs,
+            clock_skew_secs: self.clock_skew_secs,
+            log_refresh_secs: self.log_refresh_secs,
+            adapter_cache_bytes: self.adapter_cache_bytes,
+            limits: self.limits.clone(),
+        })
+    }
+}
+
+/// The model's name inside the release: the last component of its directory.
+pub fn model_name(dir: &Path) -> Option<String> {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+}
+
+/// Per-node values given on the command line of `serve`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--listen ADDR`.
+    pub listen: Option<String>,
+    /// `--identity DIR`.
+    pub identity: Option<PathBuf>,
+    /// `--tls-cert FILE`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key FILE`.
+    pub tls_key: Option<PathBuf>,
+    /// `--release FILE` (overrides `release_bundle`).
+    pub release_bundle: Option<PathBuf>,
+}
+
+/// A model to serve, with absolute paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedModel {
+    /// Name inside the release (last component of `dir`).
+    pub name: String,
+    /// The model directory.
+    pub dir: PathBuf,
+    /// Adapter directory names under `dir/adapters/`, sorted as listed.
+    pub adapters: Vec<String>,
+    /// Compute in f16 instead of f32.
+    pub f16: bool,
+}
+
+/// The root of trust with its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolvedRoot {
+    /// Software root: identity key and certificate files.
+    Software {
+        /// PKCS#8 PEM P-256 key.
+        key: PathBuf,
+        /// Fleet certificate JSON.
+        cert: PathBuf,
+    },
+    /// TPM 2.0 through a TCTI.
+    Tpm {
+        /// The TCTI string.
+        tcti: String,
+    },
+}
+
+/// Everything the node needs to start, every file checked to exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedConfig {
+    /// Where the config file is (it is measured).
+    pub config_path: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Models.
+    pub models: Vec<ResolvedModel>,
+    /// Log base URL (no trailing `/`).
+    pub log_url: String,
+    /// Log verifier key.
+    pub log_key: String,
+    /// Release bundle file.
+    pub release_bundle: PathBuf,
+    /// Root of trust.
+    pub root: ResolvedRoot,
+    /// TLS certificate and key files, if TLS is on.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Key lifetime.
+    pub key_lifetime_secs: u64,
+    /// Replay window.
+    pub replay_window_secs: u64,
+    /// Allowed clock skew.
+    pub clock_skew_secs: u64,
+    /// Log refresh period (0 = off).
+    pub log_refresh_secs: u64,
+    /// Adapter cache budget.
+    pub adapter_cache_bytes: usize,
+    /// Limits.
+    pub limits: LimitsConfig,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn key() -> String {
+        let (s, _) = tandem_attest::log::NoteSigner::generate_with_rng(
+            &mut rand::rngs::OsRng,
+            "log.example",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        s.vkey().to_owned()
+    }
+
+    fn base_with(key: &str) -> String {
+        format!(
+            "log_url = \"http://127.0.0.1:1\"\nlog_key = \"{key}\"\nrelease_bundle = \"r.json\"\n\
+             [[models]]\ndir = \"models/device\"\n[root_of_trust]\nkind = \"software\"\n"
+        )
+    }
+
+    fn base() -> String {
+        base_with(&key())
+    }
+
+    fn parse(s: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::from_toml(s.as_bytes(), Path::new("node.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let Ok(c) = parse(&base()) else {
+            panic!("{:?}", parse(&base()))
+        };
+        assert_eq!(c.key_lifetime_secs, DEFAULT_KEY_LIFETIME_SECS);
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert!(!c.tls);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            ("key_lifetime_secs = 5\n", "key_lifetime_secs"),
+            ("replay_window_secs = 0\n", "replay_window_secs"),
+            ("listen = \"nope\"\n", "listen"),
+            (
+                "[limits]\nqueue_depth = 1\nmax_concurrent = 0\n",
+                "limits.max_concurrent",
+            ),
+            ("[limits]\nmax_new_tokens = 0\n", "limits.max_new_tokens"),
+        ];
+        for (extra, field) in cases {
+            // Top-level keys must come before the tables.
+            let text = if extra.starts_with('[') {
+                format!("{}{extra}", base())
+            } else {
+                format!("{extra}{}", base())
+            };
+            let err = parse(&text).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra:?}: {err}");
+        }
+        let err = parse(&base_with("garbage")).unwrap_err().to_string();
+        assert!(err.contains("log_key"), "{err}");
+        let err = parse(&base().replace("http://", "ftp://"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log_url"), "{err}");
+        let err = parse(&format!("{}[[models]]\ndir = \"x/device\"\n", base()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("models[1].dir"), "{err}");
+        let err = parse(&format!("bogus = 1\n{}", base()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = parse(&base().replace("models/device\"", "models/device\"\ndtype = \"q4\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("models[0].dtype"), "{err}");
+    }
+
+    #[test]
+    fn resolve_requires_listen_and_identity() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let c = parse(&base()).unwrap_or_else(|e| panic!("{e}"));
+        let cfg_path = dir.path().join("node.toml");
+        let err = c
+            .resolve(&cfg_path, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--listen"), "{err}");
+        let o = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            ..Overrides::default()
+        };
+        let err = c.resolve(&cfg_path, &o).unwrap_err().to_string();
+        assert!(err.contains("models[0].dir"), "{err}");
+    }
+}

@@ -1,0 +1,169 @@
+//! Fetching the node's own release from the transparency log (C2SP tlog-tiles read API):
+//! the newest checkpoint, signed by the log key, and an RFC 9162 inclusion proof of the
+//! release's log entry built from tiles. No proof, no start.
+
+use tandem_attest::log::merkle;
+use tandem_attest::log::note::{self, VerifiedCheckpoint};
+use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath, TileSet};
+use tandem_attest::log::{InclusionBundle, LogError, NoteVerifier};
+use tandem_attest::release::{LogEntry, ReleaseBundle};
+
+use super::NodeError;
+
+/// Most entries the node scans when its bundle carries no usable log index.
+const MAX_SCAN: u64 = 1 << 20;
+
+/// A log reader over HTTP.
+#[derive(Debug, Clone)]
+pub struct LogClient {
+    http: reqwest::Client,
+    base: String,
+    key: NoteVerifier,
+}
+
+impl LogClient {
+    /// A client of the log at `base` whose checkpoints `key` signs.
+    pub fn new(base: &str, key: &str) -> Result<Self, NodeError> {
+        let key = NoteVerifier::new(key).map_err(|e| NodeError::Log {
+            url: base.into(),
+            reason: format!("log key: {e}"),
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| NodeError::Log {
+                url: base.into(),
+                reason: format!("HTTP client: {e}"),
+            })?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            key,
+        })
+    }
+
+    fn err(&self, reason: impl Into<String>) -> NodeError {
+        NodeError::Log {
+            url: self.base.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Vec<u8>, NodeError> {
+        let u = format!("{}/{path}", self.base);
+        let resp = self
+            .http
+            .get(&u)
+            .send()
+            .await
+            .map_err(|e| self.err(format!("GET {path}: {e}; is the log running?")))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.err(format!("GET {path}: {e}")))?;
+        if !status.is_success() {
+            return Err(self.err(format!("GET {path}: HTTP {status}")));
+        }
+        Ok(body.to_vec())
+    }
+
+    /// The newest checkpoint, verified with the log key.
+    pub async fn checkpoint(&self) -> Result<VerifiedCheckpoint, NodeError> {
+        let b = self.get("checkpoint").await?;
+        note::open_checkpoint(&b, &self.key, None, None)
+            .map_err(|e| self.err(format!("checkpoint rejected: {e}; is log_key right?")))
+    }
+
+    /// Runs `f` over a growing tile set, fetching each tile it asks for (C2SP tlog-tiles).
+    async fn with_tiles<T>(
+        &self,
+        size: u64,
+        f: impl Fn(&TileSet) -> Result<T, LogError>,
+    ) -> Result<T, NodeError> {
+        let mut set = TileSet::new(size);
+        for _ in 0..256 {
+            match f(&set) {
+                Ok(v) => return Ok(v),
+                Err(LogError::MissingTile(t)) => {
+                    let data = self.get(&t.to_path()).await?;
+                    set.insert(t, &data)
+                        .map_err(|e| self.err(format!("tile {}: {e}", t.to_path())))?;
+                }
+                Err(e) => return Err(self.err(e.to_string())),
+            }
+        }
+        Err(self.err("the proof needs more tiles than any tree can"))
+    }
+
+    async fn prove_at(
+        &self,
+        cp: &VerifiedCheckpoint,
+        index: u64,
+        leaf: &[u8],
+    ) -> Result<Option<InclusionBundle>, NodeError> {
+        let size = cp.checkpoint().size;
+        let proof = self
+            .with_tiles(size, |s| merkle::inclusion_proof(s, index, size))
+            .await?;
+        let inc = InclusionBundle::new(index, size, &proof, cp.note_bytes());
+        Ok(inc
+            .verify(leaf, &self.key, None, None)
+            .is_ok()
+            .then_some(inc))
+    }
+
+    /// Finds `leaf` among the log's entries by reading the entry bundles.
+    async fn scan(&self, size: u64, leaf: &[u8]) -> Result<Option<u64>, NodeError> {
+        if size > MAX_SCAN {
+            return Err(self.err(format!(
+                "the release bundle has no log entry and the log has {size} entries (more than \
+                 {MAX_SCAN} to scan); attach the entry with `attest release attach`"
+            )));
+        }
+        for n in 0..size.div_ceil(TILE_WIDTH) {
+            let Some(t) = TilePath::for_tree(TileKind::Entries, n, size) else {
+                break;
+            };
+            let data = self.get(&t.to_path()).await?;
+            let entries = tile::parse_entry_bundle(&data, t.width)
+                .map_err(|e| self.err(format!("{}: {e}", t.to_path())))?;
+            if let Some(i) = entries.iter().position(|e| e.as_slice() == leaf) {
+                return Ok(Some(n * TILE_WIDTH + i as u64));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The release bundle with a fresh log entry: inclusion of its entry under the log's newest
+    /// checkpoint. Errors with [`NodeError::NotLogged`] if the entry is not in the log.
+    pub async fn prove_release(
+        &self,
+        bundle: ReleaseBundle,
+        now: u64,
+    ) -> Result<(ReleaseBundle, u64), NodeError> {
+        let cp = self.checkpoint().await?;
+        let size = cp.checkpoint().size;
+        let leaf = bundle.log_entry_body();
+        let mut found = None;
+        if let Some(e) = bundle.log_entry()
+            && e.log_index < size
+        {
+            found = self.prove_at(&cp, e.log_index, &leaf).await?;
+        }
+        if found.is_none()
+            && let Some(i) = self.scan(size, &leaf).await?
+        {
+            found = self.prove_at(&cp, i, &leaf).await?;
+        }
+        let Some(inc) = found else {
+            return Err(NodeError::NotLogged {
+                release: bundle.release_digest().to_string(),
+                size,
+                log: self.base.clone(),
+            });
+        };
+        let entry = LogEntry::from_inclusion(&inc, now).map_err(|e| self.err(e.to_string()))?;
+        Ok((bundle.with_log_entry(entry), size))
+    }
+}

@@ -1,0 +1,198 @@
+//! The release measurement a node expects of itself, and the check against its signed release.
+//!
+//! Artifact names (what `tandem-node dev` and release tooling must produce, see
+//! [`expected_artifacts`]):
+//!
+//! | kind | name | file |
+//! |---|---|---|
+//! | `node-binary` | file name of the executable (`tandem-node`) | the running executable |
+//! | `node-config` | file name of the config (`node.toml`) | the config bytes the node read |
+//! | `base-model` | `<model>/config.json`, `<model>/<weights>.safetensors`, `<model>/model.safetensors.index.json` | each model directory |
+//! | `adapter` | `<model>/adapters/<name>/adapter_config.json`, `<model>/adapters/<name>/adapter_model.safetensors` | each served adapter |
+//! | `tokenizer` | `tokenizer.json` | the one tokenizer every model shares |
+//!
+//! `<model>` is the model directory's last path component (`device`, `server`).
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+use tandem_attest::digest::Sha256Digest;
+use tandem_attest::release::{Artifact, ArtifactKind, ReleaseBundle, ReleaseManifest};
+
+use super::NodeError;
+use crate::config::ResolvedModel;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// SHA-256 and length of a file, streamed.
+pub fn digest_file(path: &Path) -> Result<(Sha256Digest, u64), NodeError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((Sha256Digest(h.finalize().into()), size))
+}
+
+fn file_artifact(kind: ArtifactKind, name: String, path: &Path) -> Result<Artifact, NodeError> {
+    let (sha256, size) = digest_file(path)?;
+    Ok(Artifact {
+        kind,
+        name,
+        sha256,
+        size,
+    })
+}
+
+/// The weight files of a model directory: every `*.safetensors` and the shard index if present.
+fn weight_files(dir: &Path) -> Result<Vec<String>, NodeError> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.path().is_file()
+            && (name.ends_with(".safetensors") || name == "model.safetensors.index.json")
+        {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every artifact the node's release must list, measured from the files on disk (the
+/// executable at `binary`, the config bytes as read, each model and served adapter).
+pub fn expected_artifacts(
+    binary: &Path,
+    config_name: &str,
+    config_bytes: &[u8],
+    models: &[ResolvedModel],
+) -> Result<Vec<Artifact>, NodeError> {
+    let bin_name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tandem-node".into());
+    let mut arts = vec![
+        file_artifact(ArtifactKind::NodeBinary, bin_name, binary)?,
+        Artifact {
+            kind: ArtifactKind::NodeConfig,
+            name: config_name.to_owned(),
+            sha256: Sha256Digest::of(config_bytes),
+            size: config_bytes.len() as u64,
+        },
+    ];
+    let mut tokenizer: Option<(Artifact, PathBuf)> = None;
+    for m in models {
+        arts.push(file_artifact(
+            ArtifactKind::BaseModel,
+            format!("{}/config.json", m.name),
+            &m.dir.join("config.json"),
+        )?);
+        for w in weight_files(&m.dir)? {
+            arts.push(file_artifact(
+                ArtifactKind::BaseModel,
+                format!("{}/{w}", m.name),
+                &m.dir.join(&w),
+            )?);
+        }
+        for a in &m.adapters {
+            for f in ["adapter_config.json", "adapter_model.safetensors"] {
+                arts.push(file_artifact(
+                    ArtifactKind::Adapter,
+                    format!("{}/adapters/{a}/{f}", m.name),
+                    &m.dir.join("adapters").join(a).join(f),
+                )?);
+            }
+        }
+        let tp = m.dir.join("tokenizer.json");
+        let t = file_artifact(ArtifactKind::Tokenizer, "tokenizer.json".into(), &tp)?;
+        match &tokenizer {
+            None => tokenizer = Some((t, tp)),
+            Some((first, fp)) if first.sha256 != t.sha256 => {
+                return Err(NodeError::Release(format!(
+                    "models use different tokenizers ({} is {}, {} is {}); a release measures \
+                     one tokenizer.json shared by every model",
+                    fp.display(),
+                    first.sha256,
+                    tp.display(),
+                    t.sha256
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((t, _)) = tokenizer {
+        arts.push(t);
+    }
+    Ok(arts)
+}
+
+/// The manifest named `name` over `artifacts`.
+pub fn manifest(name: &str, artifacts: Vec<Artifact>) -> Result<ReleaseManifest, NodeError> {
+    ReleaseManifest::new(name, artifacts).map_err(|e| NodeError::Release(e.to_string()))
+}
+
+/// Checks that the signed release is exactly this node's measurement; on a mismatch the error
+/// lists which artifacts differ.
+pub fn check_release(bundle: &ReleaseBundle, measured: Vec<Artifact>) -> Result<(), NodeError> {
+    let signed = bundle.statement().manifest();
+    let ours = manifest(signed.name(), measured)?;
+    if ours.digest() == signed.digest() {
+        return Ok(());
+    }
+    let mut diffs = Vec::new();
+    for a in ours.artifacts() {
+        match signed
+            .artifacts()
+            .iter()
+            .find(|b| b.kind == a.kind && b.name == a.name)
+        {
+            None => diffs.push(format!(
+                "{} {} is not in the release",
+                a.kind.as_str(),
+                a.name
+            )),
+            Some(b) if b.sha256 != a.sha256 || b.size != a.size => diffs.push(format!(
+                "{} {} is {} here but {} in the release",
+                a.kind.as_str(),
+                a.name,
+                a.sha256.short(),
+                b.sha256.short()
+            )),
+            Some(_) => {}
+        }
+    }
+    for b in signed.artifacts() {
+        if !ours
+            .artifacts()
+            .iter()
+            .any(|a| a.kind == b.kind && a.name == b.name)
+        {
+            diffs.push(format!(
+                "{} {} is in the release but not served here",
+                b.kind.as_str(),
+                b.name
+            ));
+        }
+    }
+    Err(NodeError::Release(format!(
+        "this node measures as release {} but the release bundle is for {}: {}; rebuild the \
+         release from this binary, config and models",
+        ours.digest(),
+        signed.digest(),
+        diffs.join("; ")
+    )))
+}

@@ -1,9 +1,78 @@
-//! `tandem-node dev` (being written: see issue 7).
+//! `tandem-node dev`: a whole fleet on loopback (log, signed release, N nodes, gateway).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tandem_node::dev::{DevFleet, DevOptions};
+use tandem_node::gateway::events;
 
 /// Arguments of `tandem-node dev`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Number of node processes (1..=16).
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// Write the device-side config (gateway, trust policy, log URL, models) to this file.
+    #[arg(long)]
+    write_config: Option<PathBuf>,
+    /// Directory holding the `device/` and `server/` models the nodes serve.
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Gateway gRPC address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    gateway: SocketAddr,
+    /// Seconds each node may take to load its models and start serving.
+    #[arg(long, default_value_t = 300)]
+    node_start_timeout: u64,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`tandem-node dev` is not built yet")
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the tandem-node executable")?;
+    let mut opts = DevOptions::new(exe);
+    opts.nodes = a.nodes;
+    opts.models_dir = a.models;
+    opts.gateway_listen = a.gateway;
+    opts.write_config = a.write_config.clone();
+    opts.node_start_timeout = Duration::from_secs(a.node_start_timeout);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let say = |line: &str| {
+            use std::io::Write as _;
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "{line}");
+            let _ = o.flush();
+        };
+        let mut fleet = DevFleet::start(opts, events::stderr_sink(), |l| say(l)).await?;
+        say(&format!("gateway {}", fleet.gateway_addr));
+        say(&format!("policy {}", fleet.policy_path.display()));
+        if let Some(p) = &a.write_config {
+            say(&format!("device config {}", p.display()));
+        }
+        say("ready");
+        let stop = crate::gateway_cmd::shutdown_signal();
+        tokio::pin!(stop);
+        let mut watch = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = watch.tick() => {
+                    let gone = fleet.exited_nodes();
+                    if !gone.is_empty() {
+                        eprintln!("tandem-node dev: node(s) {gone:?} exited; stopping the fleet");
+                        fleet.shutdown().await;
+                        anyhow::bail!("node(s) {gone:?} exited");
+                    }
+                }
+            }
+        }
+        say("stopping");
+        fleet.shutdown().await;
+        anyhow::Ok(())
+    })
 }

@@ -57,22 +57,6 @@ fn file_artifact(kind: ArtifactKind, name: String, path: &Path) -> Result<Artifa
     })
 }
 
-/// The weight files of a model directory: every `*.safetensors` and the shard index if present.
-fn weight_files(dir: &Path) -> Result<Vec<String>, NodeError> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io(dir))? {
-        let e = e.map_err(io(dir))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if e.path().is_file()
-            && (name.ends_with(".safetensors") || name == "model.safetensors.index.json")
-        {
-            out.push(name);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Every artifact the node's release must list, measured from the files on disk (the
 /// executable at `binary`, the config bytes as read, each model and served adapter).
 pub fn expected_artifacts(
@@ -96,16 +80,24 @@ pub fn expected_artifacts(
     ];
     let mut tokenizer: Option<(Artifact, PathBuf)> = None;
     for m in models {
-        arts.push(file_artifact(
-            ArtifactKind::BaseModel,
-            format!("{}/config.json", m.name),
-            &m.dir.join("config.json"),
-        )?);
-        for w in weight_files(&m.dir)? {
+        // Exactly the files `tandem_model` reads (and its model digest covers), less the
+        // tokenizer, which is one shared artifact.
+        let files =
+            tandem_model::loader::model_files(&m.dir).map_err(|source| NodeError::Model {
+                dir: m.dir.clone(),
+                source: Box::new(source),
+            })?;
+        for f in files {
+            let Some(name) = f.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            if name == "tokenizer.json" {
+                continue;
+            }
             arts.push(file_artifact(
                 ArtifactKind::BaseModel,
-                format!("{}/{w}", m.name),
-                &m.dir.join(&w),
+                format!("{}/{name}", m.name),
+                &f,
             )?);
         }
         for a in &m.adapters {

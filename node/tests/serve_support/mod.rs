@@ -1,0 +1,362 @@
+//! Shared fixtures of the `serve_*` tests: a real tlog-tiles log over HTTP on loopback (built
+//! with `tandem_attest`'s Merkle, tile and signed-note code), a real signed release of the node,
+//! a fleet CA and node identity, and a sealing client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::{Path as AxPath, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use prost::Message as _;
+use tandem_attest::evidence::{CertRole, FleetCa};
+use tandem_attest::log::merkle::MemoryTree;
+use tandem_attest::log::note::sign_note;
+use tandem_attest::log::tile::{self, TileKind, TilePath};
+use tandem_attest::log::{Checkpoint, NoteSigner};
+use tandem_attest::release::{ReleaseBundle, ReleaseSigningKey};
+use tandem_node::config::{NodeConfig, Overrides, ResolvedConfig};
+use tandem_node::node::identity::write_software_identity;
+use tandem_node::node::measure;
+use tandem_proto::v1::node_client::NodeClient;
+use tandem_proto::v1::{self, submit_reply};
+use tandem_proto::{KeyConfig, Limits, RoutingMetadata, SealOptions, SizeBucket, seal_request};
+
+/// The repository's embedded device model.
+pub fn device_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/device")
+        .canonicalize()
+        .unwrap()
+}
+
+// ---- the log ------------------------------------------------------------------------------
+
+struct LogState {
+    tree: MemoryTree,
+    entries: Vec<Vec<u8>>,
+    checkpoint: Vec<u8>,
+}
+
+/// An append-only log served over HTTP with the C2SP tlog-tiles read API.
+#[derive(Clone)]
+pub struct TestLog {
+    signer: NoteSigner,
+    state: Arc<RwLock<LogState>>,
+    pub url: String,
+}
+
+impl TestLog {
+    /// Starts a log with `filler` unrelated entries on a loopback port.
+    pub async fn start(filler: usize) -> TestLog {
+        let (signer, _) =
+            NoteSigner::generate_with_rng(&mut rand::rngs::OsRng, "log.tandem.test").unwrap();
+        let state = Arc::new(RwLock::new(LogState {
+            tree: MemoryTree::new(),
+            entries: Vec::new(),
+            checkpoint: Vec::new(),
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = TestLog {
+            signer,
+            state: state.clone(),
+            url: format!("http://{addr}"),
+        };
+        for i in 0..filler {
+            log.append(format!("filler entry {i}").as_bytes());
+        }
+        log.publish();
+        let app = Router::new()
+            .route("/checkpoint", get(checkpoint))
+            .route("/tile/{*path}", get(tile_handler))
+            .with_state(state);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        log
+    }
+
+    /// The log's verifier key.
+    pub fn vkey(&self) -> String {
+        self.signer.vkey().to_owned()
+    }
+
+    /// Appends an entry and publishes a new checkpoint; returns its index.
+    pub fn append(&self, entry: &[u8]) -> u64 {
+        let i = {
+            let mut st = self.state.write().unwrap();
+            st.entries.push(entry.to_vec());
+            st.tree.push(entry)
+        };
+        self.publish();
+        i
+    }
+
+    fn publish(&self) {
+        let mut st = self.state.write().unwrap();
+        let size = st.tree.size();
+        let root = st.tree.root(size).unwrap();
+        let text = Checkpoint::new(self.signer.name(), size, root).encode();
+        st.checkpoint = sign_note(text.as_bytes(), &[&self.signer]).unwrap();
+    }
+}
+
+async fn checkpoint(State(st): State<Arc<RwLock<LogState>>>) -> Vec<u8> {
+    st.read().unwrap().checkpoint.clone()
+}
+
+async fn tile_handler(
+    State(st): State<Arc<RwLock<LogState>>>,
+    AxPath(path): AxPath<String>,
+) -> Result<Vec<u8>, StatusCode> {
+    let t = TilePath::parse(&format!("tile/{path}")).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let st = st.read().unwrap();
+    let size = st.tree.size();
+    let full = TilePath::for_tree(t.kind, t.index, size).ok_or(StatusCode::NOT_FOUND)?;
+    if t.width > full.width {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    match t.kind {
+        TileKind::Hash(level) => tile::hash_tile_data(&st.tree, level, t.index, t.width)
+            .map_err(|_| StatusCode::NOT_FOUND),
+        TileKind::Entries => {
+            let start = (t.index * 256) as usize;
+            tile::encode_entry_bundle(&st.entries[start..start + usize::from(t.width)])
+                .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+// ---- a node's files -------------------------------------------------------------------------
+
+/// Everything one node needs on disk, in a temporary directory.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub config_bytes: Vec<u8>,
+    pub identity: PathBuf,
+    pub release: ReleaseBundle,
+    pub release_path: PathBuf,
+    pub ca: FleetCa,
+    pub log: TestLog,
+}
+
+/// Writes the config, identity and a signed release measuring `binary`; appends the release
+/// to the log if `logged`.
+pub async fn fleet(binary: &Path, extra_config: &str, logged: bool) -> Fleet {
+    let log = TestLog::start(5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("node.toml");
+    let text = format!(
+        "log_url = \"{}\"\nlog_key = \"{}\"\nrelease_bundle = \"release.json\"\n\
+         key_lifetime_secs = 3600\n{extra_config}\n\
+         [[models]]\ndir = \"{}\"\n\
+         [root_of_trust]\nkind = \"software\"\n",
+        log.url,
+        log.vkey(),
+        device_model().display(),
+    );
+    std::fs::write(&config_path, &text).unwrap();
+    let cfg = NodeConfig::from_toml(text.as_bytes(), &config_path).unwrap();
+    let mut rng = rand::rngs::OsRng;
+    let ca = FleetCa::generate_with_rng(&mut rng);
+    let key = p256::ecdsa::SigningKey::random(&mut rng);
+    let now = now();
+    let cert = ca
+        .certify(
+            CertRole::NodeIdentity,
+            "node-test",
+            key.verifying_key(),
+            now - 60,
+            now + 86400,
+        )
+        .unwrap();
+    let identity = dir.path().join("identity");
+    write_software_identity(&identity, &key, &cert).unwrap();
+    // The release: measured the way the node measures itself.
+    let release_path = dir.path().join("release.json");
+    std::fs::write(&release_path, b"{}").unwrap();
+    let resolved = cfg
+        .resolve(
+            &config_path,
+            &Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                identity: Some(identity.clone()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+    let arts = measure::expected_artifacts(binary, "node.toml", text.as_bytes(), &resolved.models)
+        .unwrap();
+    let manifest = measure::manifest("tandem-node test", arts).unwrap();
+    let release = ReleaseSigningKey::generate().sign(manifest);
+    if logged {
+        log.append(&release.log_entry_body());
+        log.append(b"a later entry");
+    }
+    std::fs::write(&release_path, release.to_json()).unwrap();
+    Fleet {
+        dir,
+        config_path,
+        config_bytes: text.into_bytes(),
+        identity,
+        release,
+        release_path,
+        ca,
+        log,
+    }
+}
+
+impl Fleet {
+    /// The resolved config (listen on an ephemeral loopback port).
+    pub fn resolved(&self) -> ResolvedConfig {
+        let cfg = NodeConfig::from_toml(&self.config_bytes, &self.config_path).unwrap();
+        cfg.resolve(
+            &self.config_path,
+            &Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                identity: Some(self.identity.clone()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap()
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// ---- the client -----------------------------------------------------------------------------
+
+/// The device model's digests.
+pub struct Digests {
+    pub model: [u8; 32],
+    pub adapter: [u8; 32],
+}
+
+pub fn digests() -> Digests {
+    let m = tandem_model::model_digest(&device_model()).unwrap();
+    let a = tandem_model::adapter_digest(&device_model().join("adapters/proofread")).unwrap();
+    Digests {
+        model: m.0.0,
+        adapter: a.0.0,
+    }
+}
+
+fn hexd(d: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(d))
+}
+
+/// A sealed request and the context that opens its response.
+pub fn seal(
+    configs: &[KeyConfig],
+    model: [u8; 32],
+    adapter: Option<[u8; 32]>,
+    prompt: &str,
+    max_new_tokens: u32,
+    created_at: u64,
+) -> (Vec<u8>, tandem_proto::ResponseContext) {
+    let body = v1::InferenceRequest {
+        model_digest: model.to_vec(),
+        adapter_digest: adapter.map(|a| a.to_vec()).unwrap_or_default(),
+        prompt: prompt.into(),
+        max_new_tokens,
+        temperature: 0.0,
+        top_p: 0.0,
+        seed: 0,
+    }
+    .encode_to_vec();
+    let routing = RoutingMetadata {
+        model_id: hexd(&model),
+        adapter_id: adapter.map(|a| hexd(&a)).unwrap_or_default(),
+        size_bucket: SizeBucket::for_len(body.len()),
+    };
+    seal_request(
+        configs,
+        &routing,
+        created_at,
+        &body,
+        &SealOptions::default(),
+    )
+    .unwrap()
+}
+
+/// The key configs of a node's attestation.
+pub async fn key_configs(client: &mut NodeClient<tonic::transport::Channel>) -> Vec<KeyConfig> {
+    let doc = client
+        .get_attestation(v1::GetAttestationRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .document;
+    let b = tandem_attest::attestation::AttestationBundle::from_json(&doc).unwrap();
+    b.key_configs().entries().to_vec()
+}
+
+/// What came back.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub receipt: Option<v1::Receipt>,
+    pub error: Option<v1::NodeError>,
+}
+
+/// Submits and opens the whole stream; `Err` is the status before the head.
+pub async fn submit(
+    client: &mut NodeClient<tonic::transport::Channel>,
+    sealed: Vec<u8>,
+    ctx: tandem_proto::ResponseContext,
+) -> Result<Answer, tonic::Status> {
+    let mut stream = client
+        .submit(v1::SubmitRequest {
+            sealed_request: sealed,
+            node_handles: vec![],
+        })
+        .await?
+        .into_inner();
+    let first = stream.message().await?.expect("a head");
+    let Some(submit_reply::Part::Head(head)) = first.part else {
+        panic!("first message is not the head")
+    };
+    let mut opener = ctx.open_head(&head, Limits::default()).unwrap();
+    let mut ans = Answer::default();
+    while let Some(m) = stream.message().await? {
+        let Some(submit_reply::Part::Chunk(c)) = m.part else {
+            panic!("a second head")
+        };
+        let opened = opener.open(&c).unwrap();
+        let ev = v1::ResponseEvent::decode(&opened.data[..]).unwrap();
+        match ev.event {
+            Some(v1::response_event::Event::Delta(d)) => {
+                ans.tokens.extend(d.token_ids);
+                ans.text.push_str(&d.text);
+            }
+            Some(v1::response_event::Event::Receipt(r)) => ans.receipt = Some(r),
+            Some(v1::response_event::Event::Error(e)) => ans.error = Some(e),
+            None => panic!("empty event"),
+        }
+        if opened.is_final {
+            break;
+        }
+    }
+    opener.finish().unwrap();
+    Ok(ans)
+}
+
+pub async fn connect(addr: SocketAddr) -> NodeClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    NodeClient::new(ch)
+}

@@ -1,1 +1,42 @@
-//! Tandem device side.
+//! Tandem's device side: the client SDK app developers call, and the `tandem` CLI.
+//!
+//! One call generates text; Tandem decides whether it runs on the device or on a verified node
+//! and says why:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tandem_device::Error> {
+//! use tandem_device::{Client, Config, Event, GenerateRequest};
+//!
+//! let client = Client::new(Config::default())?; // the embedded device model, local only
+//! let mut events = client.generate(GenerateRequest::new("The king said"));
+//! while let Some(ev) = events.next().await {
+//!     match ev? {
+//!         Event::Text { text, .. } => print!("{text}"),
+//!         Event::Fallback { reason } => eprintln!("[falling back: {reason}]"),
+//!         Event::Done(s) => println!("\n[ran {} because {}]", s.route, s.reason),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! - [`config`]: the device config (models, gateway, trust policy, routing, timeouts).
+//! - [`models`]: model and adapter pins (content and per-file digests).
+//! - [`router`]: the local-first routing decision.
+//! - [`local`]: the local engine (the shared model stack, f32, same sampling as nodes).
+//! - [`remote`]: discover → verify → seal → submit → open → check the receipt.
+//! - [`client`]: [`Client`] and the event stream.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod local;
+pub mod models;
+pub mod remote;
+pub mod router;
+
+pub use client::{Client, Event, EventStream, GenerateRequest, Summary};
+pub use config::Config;
+pub use error::{ConfigError, Error, RemoteError};
+pub use models::{ModelChoice, ModelPin};
+pub use remote::VerifiedReceipt;
+pub use router::{Decision, Route, RouteChoice};

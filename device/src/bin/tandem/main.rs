@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod client_cmd;
 mod eval_cmd;
 mod model_cmd;
 mod train_cmd;
@@ -47,6 +48,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Generate text: local first, or on a verified node; says where it ran and why.
+    Ask(client_cmd::AskArgs),
+    /// Chat interactively; the conversation stays on this device.
+    Chat(client_cmd::ChatArgs),
+    /// What the gateway offers now, with each node's verification report.
+    Nodes(client_cmd::NodesArgs),
+    /// Device config files.
+    #[command(subcommand)]
+    Config(client_cmd::ConfigCmd),
     /// Local model commands (perplexity, generate, inspect, train, …).
     #[command(subcommand)]
     Model(ModelCommand),
@@ -57,6 +67,10 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Ask(a) => client_cmd::ask(a),
+        Command::Chat(a) => client_cmd::chat(a),
+        Command::Nodes(a) => client_cmd::nodes(a),
+        Command::Config(c) => client_cmd::config(c),
         Command::Model(c) => c.run(),
         Command::Eval(c) => eval_cmd::run(&c),
     }

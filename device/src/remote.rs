@@ -1,0 +1,420 @@
+//! The remote path: discover → verify every candidate → seal to the verified ones → submit →
+//! open the stream → check the receipt against what was verified.
+//!
+//! Sealing takes [`VerifiedNode`] values only (they can be made only by tandem-attest's
+//! verifier), so a request cannot be sealed to a node that did not pass the checklist.
+
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+use tandem_attest::digest::Sha256Digest as FileDigest;
+use tandem_attest::verify::{
+    Policy, Report, VerificationCache, VerifiedNode, Verifier, VerifyContext,
+};
+use tandem_proto::v1::gateway_client::GatewayClient;
+use tandem_proto::v1::{
+    DiscoverRequest, InferenceRequest, Receipt, ResponseEvent, SubmitRequest, response_event,
+    submit_reply,
+};
+use tandem_proto::{
+    Limits, ResponseContext, ResponseHead, RoutingMetadata, SealOptions, SizeBucket, seal_request,
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::config::TimeoutConfig;
+use crate::error::RemoteError;
+
+/// The current time in Unix seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One candidate the gateway offered, with its verification report.
+#[derive(Debug, Clone)]
+pub struct CandidateReport {
+    /// The gateway's opaque handle for the node.
+    pub handle: String,
+    /// The per-step report.
+    pub report: Report,
+    /// The verified node, if every step passed.
+    pub node: Option<VerifiedNode>,
+    /// The node's key configs exactly as offered (RFC 9458 `application/ohttp-keys`), if the
+    /// bundle parsed far enough to have them.
+    pub key_configs: Option<Vec<u8>>,
+}
+
+/// A receipt whose every field was checked against the verified node that answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedReceipt {
+    /// The node that answered (its fleet certificate subject).
+    pub node: String,
+    /// Its root of trust (`software` or `tpm2`).
+    pub root_of_trust: String,
+    /// Its verified release digest.
+    pub release_digest: FileDigest,
+    /// Its release's index in the transparency log.
+    pub log_index: u64,
+    /// The model that ran.
+    pub model_digest: FileDigest,
+    /// The adapter that ran.
+    pub adapter_digest: Option<FileDigest>,
+    /// Prompt tokens the node counted.
+    pub prompt_tokens: u32,
+    /// Tokens it generated.
+    pub completion_tokens: u32,
+    /// `stop` or `length`.
+    pub finish_reason: String,
+}
+
+/// What the request needs from a node.
+#[derive(Debug, Clone)]
+pub struct RemoteJob {
+    /// Model content digest.
+    pub model_digest: [u8; 32],
+    /// Adapter content digest.
+    pub adapter_digest: Option<[u8; 32]>,
+    /// File digests the node's release must contain.
+    pub required: Vec<FileDigest>,
+    /// The plaintext body.
+    pub body: InferenceRequest,
+}
+
+/// Connection to a gateway plus the verification cache.
+#[derive(Debug)]
+pub struct Remote {
+    url: String,
+    tls_ca_pem: Option<String>,
+    timeouts: TimeoutConfig,
+    candidates: u32,
+    cache: Mutex<VerificationCache>,
+    channel: tokio::sync::OnceCell<Channel>,
+}
+
+fn digest_hex(d: &[u8; 32]) -> String {
+    format!("sha256:{}", hex::encode(d))
+}
+
+fn status(call: &'static str, s: &tonic::Status) -> RemoteError {
+    RemoteError::Status {
+        call,
+        code: format!("{:?}", s.code()),
+        message: s.message().to_string(),
+    }
+}
+
+impl Remote {
+    /// A client for the gateway at `url` trusting nodes that pass `policy`.
+    pub fn new(
+        url: String,
+        tls_ca_pem: Option<String>,
+        policy: Policy,
+        timeouts: TimeoutConfig,
+        candidates: u32,
+    ) -> Remote {
+        Remote {
+            url,
+            tls_ca_pem,
+            timeouts,
+            candidates,
+            cache: Mutex::new(VerificationCache::new(Verifier::new(policy))),
+            channel: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The gateway URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn channel(&self) -> Result<Channel, RemoteError> {
+        let c = self
+            .channel
+            .get_or_try_init(|| async {
+                let connect = |reason: String| RemoteError::Connect {
+                    url: self.url.clone(),
+                    reason,
+                };
+                let mut ep = Endpoint::from_shared(self.url.clone())
+                    .map_err(|e| connect(e.to_string()))?
+                    .connect_timeout(self.timeouts.connect())
+                    .timeout(self.timeouts.request());
+                if let Some(pem) = &self.tls_ca_pem {
+                    ep = ep
+                        .tls_config(
+                            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                        )
+                        .map_err(|e| connect(format!("TLS config: {e}")))?;
+                }
+                ep.connect().await.map_err(|e| connect(format!("{e}")))
+            })
+            .await?;
+        Ok(c.clone())
+    }
+
+    /// Asks the gateway for candidates serving `model_id`/`adapter_id` and verifies each one
+    /// (cached until its earliest expiry).
+    pub async fn discover(
+        &self,
+        model_id: &str,
+        adapter_id: &str,
+        required: &[FileDigest],
+    ) -> Result<Vec<CandidateReport>, RemoteError> {
+        let mut gw = GatewayClient::new(self.channel().await?);
+        let resp = tokio::time::timeout(
+            self.timeouts.first_chunk(),
+            gw.discover(DiscoverRequest {
+                model_id: model_id.to_string(),
+                adapter_id: adapter_id.to_string(),
+                count: self.candidates,
+            }),
+        )
+        .await
+        .map_err(|_| RemoteError::Timeout(self.timeouts.first_chunk(), "waiting for Discover"))?
+        .map_err(|s| status("Discover", &s))?
+        .into_inner();
+        let now = unix_now();
+        let cx = VerifyContext {
+            now,
+            known: None,
+            required_digests: required,
+            nonce: None,
+        };
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| RemoteError::Response("verification cache poisoned".into()))?;
+        Ok(resp
+            .candidates
+            .into_iter()
+            .map(|c| {
+                let doc = c.attestation.map(|a| a.document).unwrap_or_default();
+                let v = cache.verify_node(&doc, &cx);
+                let key_configs = tandem_attest::attestation::AttestationBundle::from_json(&doc)
+                    .ok()
+                    .map(|b| b.key_configs().bytes().to_vec());
+                CandidateReport {
+                    handle: c.node_handle,
+                    report: v.report,
+                    node: v.node,
+                    key_configs,
+                }
+            })
+            .collect())
+    }
+
+    /// Runs `job` on the verified candidates; `on_delta` gets each text delta. Returns the
+    /// verified receipt. `started` is set once the first delta was handed out (after that, a
+    /// failure must not fall back to another route).
+    pub async fn run(
+        &self,
+        job: &RemoteJob,
+        mut on_delta: impl FnMut(String, Vec<u32>) -> bool,
+        started: &mut bool,
+    ) -> Result<VerifiedReceipt, RemoteError> {
+        let model_id = digest_hex(&job.model_digest);
+        let adapter_id = job
+            .adapter_digest
+            .as_ref()
+            .map(digest_hex)
+            .unwrap_or_default();
+        let candidates = self.discover(&model_id, &adapter_id, &job.required).await?;
+        let mut verified = Vec::new();
+        let mut refused = Vec::new();
+        for c in candidates {
+            match c.node {
+                Some(n) => verified.push((c.handle, n)),
+                None => refused.push(match c.report.first_failure() {
+                    Some(s) => {
+                        format!("{}: step {} ({}): {}", c.handle, s.number, s.name, s.detail)
+                    }
+                    None => format!("{}: not verified", c.handle),
+                }),
+            }
+        }
+        if verified.is_empty() {
+            return Err(RemoteError::NoVerifiedNode(if refused.is_empty() {
+                format!("the gateway offered no node for model {model_id}")
+            } else {
+                refused.join("; ")
+            }));
+        }
+        let nodes: Vec<VerifiedNode> = verified.iter().map(|(_, n)| n.clone()).collect();
+        let body = job.body.encode_to_vec();
+        let routing = RoutingMetadata {
+            model_id,
+            adapter_id,
+            size_bucket: SizeBucket::for_len(body.len()),
+        };
+        let (sealed, ctx) = seal_to_verified(&nodes, &routing, unix_now(), &body)?;
+        let mut gw = GatewayClient::new(self.channel().await?);
+        let submit = gw.submit(SubmitRequest {
+            sealed_request: sealed,
+            node_handles: verified.iter().map(|(h, _)| h.clone()).collect(),
+        });
+        let mut stream = tokio::time::timeout(self.timeouts.first_chunk(), submit)
+            .await
+            .map_err(|_| RemoteError::Timeout(self.timeouts.first_chunk(), "waiting for Submit"))?
+            .map_err(|s| status("Submit", &s))?
+            .into_inner();
+        let first = tokio::time::timeout(self.timeouts.first_chunk(), stream.message())
+            .await
+            .map_err(|_| {
+                RemoteError::Timeout(self.timeouts.first_chunk(), "waiting for the response head")
+            })?
+            .map_err(|s| status("Submit", &s))?
+            .ok_or_else(|| {
+                RemoteError::Response("the stream ended before the response head".into())
+            })?;
+        let Some(submit_reply::Part::Head(head)) = first.part else {
+            return Err(RemoteError::Response(
+                "the first message is not a response head".into(),
+            ));
+        };
+        let answered = ResponseHead::parse(&head)
+            .map_err(|e| RemoteError::Response(format!("response head: {e}")))?
+            .recipient_index;
+        let node = nodes
+            .get(usize::from(answered))
+            .ok_or_else(|| RemoteError::Response(format!("response names recipient {answered}")))?
+            .clone();
+        let mut opener = ctx
+            .open_head(&head, Limits::default())
+            .map_err(|e| RemoteError::Response(format!("response head: {e}")))?;
+        let mut tokens = 0u32;
+        loop {
+            let msg = tokio::time::timeout(self.timeouts.request(), stream.message())
+                .await
+                .map_err(|_| RemoteError::Timeout(self.timeouts.request(), "waiting for a chunk"))?
+                .map_err(|s| status("Submit", &s))?;
+            let Some(msg) = msg else {
+                return Err(RemoteError::Response(
+                    "the stream ended before the final chunk: the answer is incomplete".into(),
+                ));
+            };
+            let Some(submit_reply::Part::Chunk(chunk)) = msg.part else {
+                return Err(RemoteError::Response("a second response head".into()));
+            };
+            let opened = opener
+                .open(&chunk)
+                .map_err(|e| RemoteError::Response(format!("chunk: {e}")))?;
+            let event = ResponseEvent::decode(opened.data.as_slice())
+                .map_err(|e| RemoteError::Response(format!("chunk plaintext: {e}")))?;
+            match (event.event, opened.is_final) {
+                (Some(response_event::Event::Delta(d)), false) => {
+                    tokens = tokens.saturating_add(d.token_ids.len() as u32);
+                    *started = true;
+                    if !on_delta(d.text, d.token_ids) {
+                        return Err(RemoteError::Response("cancelled by the caller".into()));
+                    }
+                }
+                (Some(response_event::Event::Receipt(r)), true) => {
+                    opener
+                        .finish()
+                        .map_err(|e| RemoteError::Response(format!("stream end: {e}")))?;
+                    return check_receipt(&r, &node, job, tokens);
+                }
+                (Some(response_event::Event::Error(e)), true) => {
+                    return Err(RemoteError::Node {
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+                (_, is_final) => {
+                    return Err(RemoteError::Response(format!(
+                        "unexpected event in a {} chunk",
+                        if is_final { "final" } else { "non-final" }
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Seals `body` to one key of each verified node (the newest config each lists).
+pub fn seal_to_verified(
+    nodes: &[VerifiedNode],
+    routing: &RoutingMetadata,
+    now: u64,
+    body: &[u8],
+) -> Result<(Vec<u8>, ResponseContext), RemoteError> {
+    let configs: Vec<_> = nodes
+        .iter()
+        .filter_map(|n| n.key_configs().entries().last().cloned())
+        .collect();
+    Ok(seal_request(
+        &configs,
+        routing,
+        now,
+        body,
+        &SealOptions::default(),
+    )?)
+}
+
+fn opt_digest(b: &[u8], what: &str) -> Result<Option<[u8; 32]>, RemoteError> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    <[u8; 32]>::try_from(b)
+        .map(Some)
+        .map_err(|_| RemoteError::Receipt(format!("{what} is {} bytes, not 32", b.len())))
+}
+
+fn check_receipt(
+    r: &Receipt,
+    node: &VerifiedNode,
+    job: &RemoteJob,
+    tokens_seen: u32,
+) -> Result<VerifiedReceipt, RemoteError> {
+    let release = node.release().digest();
+    let got_release = opt_digest(&r.release_digest, "release digest")?;
+    if got_release != Some(release.0) {
+        return Err(RemoteError::Receipt(format!(
+            "the receipt names release {}, but node {} was verified running release {}",
+            got_release.map_or("(none)".into(), |d| digest_hex(&d)),
+            node.name(),
+            release
+        )));
+    }
+    let model = opt_digest(&r.model_digest, "model digest")?;
+    if model != Some(job.model_digest) {
+        return Err(RemoteError::Receipt(format!(
+            "the receipt names model {}, the request asked for {}",
+            model.map_or("(none)".into(), |d| digest_hex(&d)),
+            digest_hex(&job.model_digest)
+        )));
+    }
+    let adapter = opt_digest(&r.adapter_digest, "adapter digest")?;
+    if adapter != job.adapter_digest {
+        return Err(RemoteError::Receipt(format!(
+            "the receipt names adapter {}, the request asked for {}",
+            adapter.map_or("(none)".into(), |d| digest_hex(&d)),
+            job.adapter_digest
+                .map_or("(none)".into(), |d| digest_hex(&d))
+        )));
+    }
+    if r.completion_tokens != tokens_seen {
+        return Err(RemoteError::Receipt(format!(
+            "the receipt counts {} completion tokens but the stream carried {tokens_seen}",
+            r.completion_tokens
+        )));
+    }
+    let finish_reason = match tandem_proto::v1::FinishReason::try_from(r.finish_reason) {
+        Ok(tandem_proto::v1::FinishReason::Stop) => "stop",
+        Ok(tandem_proto::v1::FinishReason::Length) => "length",
+        _ => "unspecified",
+    };
+    Ok(VerifiedReceipt {
+        node: node.name().to_string(),
+        root_of_trust: node.root_of_trust().to_string(),
+        release_digest: release,
+        log_index: node.release().log_index(),
+        model_digest: FileDigest(job.model_digest),
+        adapter_digest: adapter.map(FileDigest),
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        finish_reason: finish_reason.to_string(),
+    })
+}

@@ -37,6 +37,21 @@ pub struct GenerateRequest {
 }
 
 impl GenerateRequest {
+    /// A request for a task adapter (`proofread`, `truecase`): `input` is wrapped in the task
+    /// prompt format the adapters were trained on (`Task: <task>\nInput: <input>\nOutput:`,
+    /// the same on device and server); other adapter names take `input` as the prompt.
+    pub fn for_adapter(adapter: impl Into<String>, input: &str) -> Self {
+        let adapter = adapter.into();
+        let prompt = match tandem_model::tasks::Task::from_name(&adapter) {
+            Ok(task) => tandem_model::tasks::prompt(task, input),
+            Err(_) => input.to_string(),
+        };
+        GenerateRequest {
+            adapter: Some(adapter),
+            ..GenerateRequest::new(prompt)
+        }
+    }
+
     /// A greedy request for up to 64 tokens on the device model, routed automatically.
     pub fn new(prompt: impl Into<String>) -> Self {
         GenerateRequest {

@@ -59,9 +59,13 @@ pub struct AskArgs {
     /// Which model: `device` (default) or `server` (runs only on nodes).
     #[arg(long, default_value = "device")]
     model: ModelChoice,
-    /// Adapter name (e.g. `proofread`, `truecase`).
+    /// Adapter name (e.g. `proofread`, `truecase`). With a task adapter the prompt is the
+    /// task's input and is wrapped in the task prompt format (see `--raw`).
     #[arg(long)]
     adapter: Option<String>,
+    /// Send the prompt as is, even with a task adapter.
+    #[arg(long)]
+    raw: bool,
     /// Most new tokens.
     #[arg(long, default_value_t = 64)]
     max_tokens: u32,
@@ -223,15 +227,21 @@ async fn run_one(
 
 pub fn ask(a: AskArgs) -> Result<()> {
     let client = a.cfg.client()?;
+    let base = match (&a.adapter, a.raw) {
+        (Some(ad), false) => GenerateRequest::for_adapter(ad.clone(), &a.prompt),
+        _ => GenerateRequest {
+            adapter: a.adapter.clone(),
+            ..GenerateRequest::new(a.prompt.clone())
+        },
+    };
     let req = GenerateRequest {
-        prompt: a.prompt,
         model: a.model,
-        adapter: a.adapter,
         max_new_tokens: a.max_tokens,
         temperature: a.temperature,
         top_p: a.top_p,
         seed: a.seed,
         route: a.route,
+        ..base
     };
     let rt = runtime()?;
     let mut stdout = std::io::stdout();

@@ -255,3 +255,29 @@ async fn full_queue_is_resource_exhausted() {
     assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls() {
+    let r = start("tls = true").await;
+    let ca = std::fs::read(r.fleet.identity.join("tls.cert.pem")).unwrap();
+    let mut c = connect_tls(r.addr, &ca).await;
+    let d = digests();
+    let configs = key_configs(&mut c).await;
+    let (sealed, ctx) = seal(&configs, d.model, None, "over tls", 3, now());
+    let ans = submit(&mut c, sealed, ctx).await.unwrap();
+    assert!(ans.receipt.is_some());
+    // A plaintext client cannot talk to it.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", r.addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        let mut pc = tandem_proto::v1::node_client::NodeClient::new(ch);
+        assert!(
+            pc.get_attestation(tandem_proto::v1::GetAttestationRequest {})
+                .await
+                .is_err()
+        );
+    }
+    r.stop().await;
+}

@@ -177,6 +177,14 @@ pub async fn fleet(binary: &Path, extra_config: &str, logged: bool) -> Fleet {
         .unwrap();
     let identity = dir.path().join("identity");
     write_software_identity(&identity, &key, &cert).unwrap();
+    // A self-signed TLS certificate for `localhost` (used when the config says `tls = true`).
+    let tls = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(identity.join("tls.cert.pem"), tls.cert.pem()).unwrap();
+    std::fs::write(
+        identity.join("tls.key.pem"),
+        tls.signing_key.serialize_pem(),
+    )
+    .unwrap();
     // The release: measured the way the node measures itself.
     let release_path = dir.path().join("release.json");
     std::fs::write(&release_path, b"{}").unwrap();
@@ -350,6 +358,22 @@ pub async fn submit(
     }
     opener.finish().unwrap();
     Ok(ans)
+}
+
+/// A client over TLS that trusts the node's self-signed certificate.
+pub async fn connect_tls(addr: SocketAddr, ca_pem: &[u8]) -> NodeClient<tonic::transport::Channel> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    NodeClient::new(ch)
 }
 
 pub async fn connect(addr: SocketAddr) -> NodeClient<tonic::transport::Channel> {

@@ -57,6 +57,8 @@ enum Behavior {
     FailAfter { deltas: usize },
     /// Sends head and `deltas` chunks, then ends the stream without a final chunk.
     EndWithoutFinal { deltas: usize },
+    /// Accepts the call and never sends anything.
+    Hang,
     /// Sends head, then a raw (non-sealed) chunk holding the canary, then fails with the canary
     /// in the status message.
     Canary,
@@ -67,6 +69,7 @@ struct TestNode {
     document: Vec<u8>,
     behavior: Behavior,
     submits: Arc<AtomicU64>,
+    hung: Mutex<Vec<mpsc::Sender<Result<v1::SubmitReply, Status>>>>,
 }
 
 #[tonic::async_trait]
@@ -92,6 +95,10 @@ impl Node for TestNode {
             }))
             .unwrap();
         };
+        if let Behavior::Hang = self.behavior {
+            self.hung.lock().unwrap().push(tx);
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
         if let Behavior::FailBeforeHead(code) = self.behavior {
             return Err(Status::new(code, format!("test node refuses {CANARY}")));
         }
@@ -122,7 +129,7 @@ impl Node for TestNode {
                 tx.try_send(Err(Status::internal(format!("failed on {CANARY}"))))
                     .unwrap();
             }
-            Behavior::FailBeforeHead(_) => unreachable!(),
+            Behavior::FailBeforeHead(_) | Behavior::Hang => unreachable!(),
         }
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -259,6 +266,7 @@ async fn start_node(fleet: &Fleet, key_id: u8, spec: Spec) -> Running {
         document: document.clone(),
         behavior: spec.behavior,
         submits: submits.clone(),
+        hung: Mutex::new(Vec::new()),
     };
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -308,6 +316,7 @@ fn gateway_config(
         health_interval: interval,
         health_timeout: Duration::from_millis(1500),
         connect_timeout: Duration::from_millis(500),
+        first_message_timeout: Duration::from_secs(65),
         tls: None,
         node_ca_pem: None,
     }
@@ -478,6 +487,7 @@ fn discover_returns_k_distinct_healthy_nodes_at_random() {
                 document: b"not a bundle".to_vec(),
                 behavior: Behavior::Good { deltas: 1 },
                 submits: Arc::new(AtomicU64::new(0)),
+                hung: Mutex::new(Vec::new()),
             };
             tokio::spawn(async move {
                 let _ = tonic::transport::Server::builder()
@@ -1002,4 +1012,50 @@ async fn read_stream_raw(
         n += 1;
     }
     Ok(n)
+}
+
+#[test]
+fn a_node_that_sends_nothing_is_skipped_after_the_first_message_timeout() {
+    rt().block_on(async {
+        let fleet = Fleet::new();
+        let hung = start_node(&fleet, 1, with(Behavior::Hang)).await;
+        let ok = start_node(&fleet, 2, good()).await;
+        let refs = [&hung, &ok];
+        let (sink, log) = recorder();
+        let mut cfg = gateway_config(&refs, &[], 2, Duration::from_secs(60));
+        cfg.first_message_timeout = Duration::from_millis(300);
+        let mut gw = start_gateway(cfg, sink).await;
+        let map: HashMap<usize, String> = handles(
+            &discover(&mut gw.client, MODEL, None, 2).await.unwrap(),
+            &refs,
+        )
+        .into_iter()
+        .map(|(h, i)| (i, h))
+        .collect();
+        let (sealed, ctx) = seal_to(&refs, b"hello");
+        let t = std::time::Instant::now();
+        let resp = gw
+            .client
+            .submit(v1::SubmitRequest {
+                sealed_request: sealed,
+                node_handles: vec![map[&0].clone(), map[&1].clone()],
+            })
+            .await;
+        let (_, end, complete) = read_stream(resp, ctx).await;
+        end.unwrap();
+        assert!(complete);
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert_eq!(hung.submits.load(Ordering::SeqCst), 1);
+        let log = log.lock().unwrap().clone();
+        assert!(
+            log.iter().any(|e| matches!(
+                e,
+                Event::Failover {
+                    node: 0,
+                    code: Code::DeadlineExceeded
+                }
+            )),
+            "{log:?}"
+        );
+    });
 }

@@ -349,6 +349,7 @@ impl DevFleet {
             health_interval: Duration::from_secs(5),
             health_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            first_message_timeout: Duration::from_secs(65),
             tls: None,
             node_ca_pem: None,
         };

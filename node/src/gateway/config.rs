@@ -15,6 +15,10 @@
 //! health_timeout_ms = 2000
 //! # Milliseconds to open a connection to a node (1..=60000). Default 2000.
 //! connect_timeout_ms = 2000
+//! # Milliseconds a node may take to send its first message (the response head, which a node
+//! # sends once a generation slot is free) before the next handle is tried (1..=600000).
+//! # Keep it above the nodes' `limits.deadline_secs`. Default 65000.
+//! first_message_timeout_ms = 65000
 //!
 //! # Optional: TLS for the device-facing listener (PEM files).
 //! [tls]
@@ -47,6 +51,9 @@ fn default_health_interval() -> u64 {
 fn default_timeout_ms() -> u64 {
     2000
 }
+fn default_first_message_ms() -> u64 {
+    65_000
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +69,8 @@ struct ConfigWire {
     health_timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
     connect_timeout_ms: u64,
+    #[serde(default = "default_first_message_ms")]
+    first_message_timeout_ms: u64,
     #[serde(default)]
     tls: Option<TlsWire>,
     #[serde(default)]
@@ -116,6 +125,8 @@ pub struct GatewayConfig {
     pub health_timeout: Duration,
     /// Time to connect to a node.
     pub connect_timeout: Duration,
+    /// Time a node may take to send its first message before the next handle is tried.
+    pub first_message_timeout: Duration,
     /// TLS for the device-facing listener.
     pub tls: Option<TlsIdentity>,
     /// CA certificate (PEM) for `https://` nodes.
@@ -226,6 +237,12 @@ impl GatewayConfig {
             1,
             60_000,
         )?);
+        let first_message_timeout = Duration::from_millis(range(
+            "first_message_timeout_ms",
+            w.first_message_timeout_ms,
+            1,
+            600_000,
+        )?);
         let tls = match &w.tls {
             Some(t) => Some(TlsIdentity {
                 cert_pem: read_file("tls.cert", base, &t.cert)?,
@@ -253,6 +270,7 @@ impl GatewayConfig {
             health_interval,
             health_timeout,
             connect_timeout,
+            first_message_timeout,
             tls,
             node_ca_pem,
         })

@@ -203,6 +203,7 @@ impl BoundGateway {
             self.metrics.clone(),
             events.clone(),
             self.config.discover_count,
+            self.config.first_message_timeout,
         );
         let mut builder = Server::builder();
         if let Some(t) = &self.config.tls {

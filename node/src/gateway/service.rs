@@ -26,6 +26,7 @@ pub struct GatewayService {
     metrics: Arc<Metrics>,
     events: SinkDebug,
     discover_count: u32,
+    first_message_timeout: std::time::Duration,
 }
 
 /// An [`EventSink`] that can sit in a `#[derive(Debug)]` struct.
@@ -45,12 +46,14 @@ impl GatewayService {
         metrics: Arc<Metrics>,
         events: EventSink,
         discover_count: u32,
+        first_message_timeout: std::time::Duration,
     ) -> Self {
         Self {
             fleet,
             metrics,
             events: SinkDebug(events),
             discover_count,
+            first_message_timeout,
         }
     }
 
@@ -279,7 +282,17 @@ impl Gateway for GatewayService {
         let tried = nodes.len();
         let mut last = Code::Unavailable;
         for node in nodes {
-            match first_message(node, req.sealed_request.clone()).await {
+            let attempt = tokio::time::timeout(
+                self.first_message_timeout,
+                first_message(node, req.sealed_request.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(
+                    "the node sent nothing within the first-message timeout",
+                ))
+            });
+            match attempt {
                 Ok((first, stream)) => {
                     self.metrics
                         .submit_first_message_seconds

@@ -141,6 +141,9 @@ impl Drop for EventStream {
 struct Inner {
     config: Config,
     device: ModelPin,
+    /// The device model's context length: the hard limit of a local run (the routing budget
+    /// is a preference below it).
+    device_context: usize,
     server: Option<ModelPin>,
     tokenizer: OnceCell<Tokenizer>,
     local: OnceCell<Arc<LocalEngine>>,
@@ -165,6 +168,14 @@ impl Client {
             .clone()
             .unwrap_or_else(|| base.join("device"));
         let device = ModelPin::from_dir(ModelChoice::Device, &device_dir)?;
+        let cfg_path = device.dir.join("config.json");
+        let cfg_bytes = std::fs::read(&cfg_path).map_err(|source| ConfigError::Read {
+            path: cfg_path.display().to_string(),
+            source,
+        })?;
+        let device_context = tandem_model::Config::from_json(&cfg_bytes, &cfg_path)
+            .map_err(|e| ConfigError::invalid("models.device", e.to_string()))?
+            .max_position_embeddings;
         let server_dir: Option<PathBuf> = config
             .models
             .server
@@ -198,6 +209,7 @@ impl Client {
             inner: Arc::new(Inner {
                 config,
                 device,
+                device_context,
                 server,
                 tokenizer: OnceCell::new(),
                 local: OnceCell::new(),
@@ -363,13 +375,16 @@ impl Client {
                 Ok(())
             }
             Err(e) => {
+                // Fallback: only for auto routing, before any text arrived, and only when the
+                // device can run the request at all (the budget is a preference, the model's
+                // context the limit).
                 let local_ok = req.route == RouteChoice::Auto
                     && self.inner.config.routing.fallback_to_local
                     && !started
                     && req.model == ModelChoice::Device
                     && adapter.is_none_or(|a| self.inner.device.adapters.contains_key(&a.name))
                     && self.count_tokens(&req.prompt).await? + req.max_new_tokens as usize
-                        <= self.inner.config.routing.local_token_budget;
+                        <= self.inner.device_context;
                 if !local_ok {
                     return Err(e.into());
                 }

@@ -1,0 +1,425 @@
+//! End to end through the device SDK (`tandem_device::Client`) against a real local fleet
+//! (`tandem-node dev`: log, signed release, two node processes, gateway) on loopback, with a
+//! proxy gateway in between that records every byte it forwards and can tamper with
+//! attestations or refuse service.
+//!
+//! One fleet serves every scenario (starting one takes most of the test's time); the scenarios
+//! run in order and each says what it checks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use tandem_device::{
+    Client, Config, Error, Event, GenerateRequest, ModelChoice, RemoteError, Route, RouteChoice,
+    Summary,
+};
+use tandem_proto::v1::gateway_client::GatewayClient;
+use tandem_proto::v1::gateway_server::{Gateway, GatewayServer};
+use tandem_proto::v1::{DiscoverRequest, DiscoverResponse, SubmitReply, SubmitRequest};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+/// The dev fleet process; SIGTERM on drop so a failing test leaves no processes behind.
+struct Fleet {
+    child: Child,
+    node_pids: Vec<u32>,
+    config: Config,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_fleet() -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("device.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-node"))
+        .args(["dev", "--nodes", "2", "--write-config"])
+        .arg(&cfg_path)
+        .arg("--models")
+        .arg(models_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let e2 = errors.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            e2.lock().unwrap().push(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut node_pids = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "tandem-node dev did not print `ready`; stderr:\n{}",
+                    errors.lock().unwrap().join("\n")
+                )
+            });
+        if line == "ready" {
+            break;
+        }
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.first() == Some(&"node") && w.get(2) == Some(&"pid") {
+            node_pids.push(w[3].parse().unwrap());
+        }
+    }
+    let config = Config::load(&cfg_path).expect("dev writes a valid device config");
+    Fleet {
+        child,
+        node_pids,
+        config,
+        _dir: dir,
+    }
+}
+
+/// What the proxy does with the traffic it forwards.
+const PASS: u8 = 0;
+const TAMPER_ATTESTATION: u8 = 1;
+const REFUSE: u8 = 2;
+
+/// A gateway in the middle: forwards to the real one, keeps every byte, counts Submits.
+#[derive(Clone)]
+struct Proxy {
+    upstream: String,
+    mode: Arc<AtomicU8>,
+    recorded: Arc<Mutex<Vec<u8>>>,
+    submits: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl Gateway for Proxy {
+    async fn discover(
+        &self,
+        req: Request<DiscoverRequest>,
+    ) -> Result<Response<DiscoverResponse>, Status> {
+        if self.mode.load(Ordering::SeqCst) == REFUSE {
+            return Err(Status::unavailable("proxy refuses service"));
+        }
+        let req = req.into_inner();
+        self.recorded
+            .lock()
+            .unwrap()
+            .extend(req.encode_to_vec());
+        let mut up = GatewayClient::connect(self.upstream.clone())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut resp = up.discover(req).await?.into_inner();
+        if self.mode.load(Ordering::SeqCst) == TAMPER_ATTESTATION {
+            for c in &mut resp.candidates {
+                let doc = &mut c.attestation.as_mut().unwrap().document;
+                // Change one digit of the key expiry: the JSON still parses, the evidence no
+                // longer covers it.
+                let s = String::from_utf8(doc.clone()).unwrap();
+                let at = s.find("\"keyExpiry\":").expect("keyExpiry field") + 12;
+                let digit = doc[at..].iter().position(u8::is_ascii_digit).unwrap() + at;
+                doc[digit] = if doc[digit] == b'9' { b'8' } else { doc[digit] + 1 };
+            }
+        }
+        self.recorded
+            .lock()
+            .unwrap()
+            .extend(resp.encode_to_vec());
+        Ok(Response::new(resp))
+    }
+
+    type SubmitStream = ReceiverStream<Result<SubmitReply, Status>>;
+
+    async fn submit(
+        &self,
+        req: Request<SubmitRequest>,
+    ) -> Result<Response<Self::SubmitStream>, Status> {
+        self.submits.fetch_add(1, Ordering::SeqCst);
+        let req = req.into_inner();
+        self.recorded
+            .lock()
+            .unwrap()
+            .extend(req.encode_to_vec());
+        let mut up = GatewayClient::connect(self.upstream.clone())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut stream = up.submit(req).await?.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let recorded = self.recorded.clone();
+        tokio::spawn(async move {
+            while let Some(m) = stream.next().await {
+                if let Ok(r) = &m {
+                    recorded.lock().unwrap().extend(r.encode_to_vec());
+                }
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn start_proxy(upstream: String) -> (Proxy, String) {
+    let proxy = Proxy {
+        upstream,
+        mode: Arc::new(AtomicU8::new(PASS)),
+        recorded: Arc::new(Mutex::new(Vec::new())),
+        submits: Arc::new(AtomicUsize::new(0)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = GatewayServer::new(proxy.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+    });
+    (proxy, format!("http://{addr}"))
+}
+
+/// Runs a request to the end: (text, token ids, summary, fallback reason).
+async fn run(
+    client: &Client,
+    req: GenerateRequest,
+) -> Result<(String, Vec<u32>, Summary, Option<String>), Error> {
+    let mut events = client.generate(req);
+    let (mut text, mut ids, mut fallback) = (String::new(), Vec::new(), None);
+    while let Some(ev) = events.next().await {
+        match ev? {
+            Event::Text { text: t, token_ids } => {
+                text.push_str(&t);
+                ids.extend(token_ids);
+            }
+            Event::Fallback { reason } => fallback = Some(reason),
+            Event::Done(s) => return Ok((text, ids, *s, fallback)),
+        }
+    }
+    panic!("stream ended without Done or an error")
+}
+
+fn greedy(prompt: &str, max: u32, route: RouteChoice) -> GenerateRequest {
+    GenerateRequest {
+        max_new_tokens: max,
+        route,
+        ..GenerateRequest::new(prompt)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_sdk_against_a_dev_fleet() {
+    let fleet = start_fleet();
+    assert_eq!(fleet.node_pids.len(), 2);
+    let upstream = fleet.config.gateway.clone().unwrap();
+    let (proxy, proxy_url) = start_proxy(upstream).await;
+    let mut cfg = fleet.config.clone();
+    cfg.gateway = Some(proxy_url);
+    let client = Client::new(cfg.clone()).unwrap();
+
+    // 1. Local and remote both answer, with identical greedy tokens for the same model and
+    //    adapter; the remote receipt names the digests the device holds.
+    for req in [
+        greedy("The king said", 24, RouteChoice::Local),
+        GenerateRequest {
+            route: RouteChoice::Local,
+            max_new_tokens: 24,
+            ..GenerateRequest::for_adapter("proofread", "Thsi is a sentnce with typos.")
+        },
+    ] {
+        let (lt, lids, ls, _) = run(&client, req.clone()).await.unwrap();
+        assert_eq!(ls.route, Route::Local);
+        assert!(ls.receipt.is_none());
+        let remote_req = GenerateRequest {
+            route: RouteChoice::Remote,
+            ..req
+        };
+        let (rt, rids, rs, fb) = run(&client, remote_req).await.unwrap();
+        assert!(fb.is_none());
+        assert_eq!(rs.route, Route::Remote);
+        assert!(rs.reason.contains("remote route requested"), "{}", rs.reason);
+        assert_eq!(lids, rids, "greedy tokens differ between local and remote");
+        assert_eq!(lt, rt);
+        let r = rs.receipt.expect("remote runs carry a verified receipt");
+        assert_eq!(r.model_digest.0, ls.model_digest.0.0);
+        assert_eq!(r.adapter_digest.map(|d| d.0), ls.adapter_digest.map(|d| d.0.0));
+        assert_eq!(r.completion_tokens as usize, rids.len());
+    }
+
+    // 2. The server model runs only on nodes: auto routing sends it there and says why.
+    let (_, ids, s, _) = run(
+        &client,
+        GenerateRequest {
+            model: ModelChoice::Server,
+            max_new_tokens: 8,
+            ..GenerateRequest::new("The king said")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.route, Route::Remote);
+    assert!(s.reason.contains("server model runs only on nodes"), "{}", s.reason);
+    assert!(!ids.is_empty());
+    let server_pin = client.pin(ModelChoice::Server).unwrap();
+    assert_eq!(s.receipt.unwrap().model_digest.0, server_pin.digest.0.0);
+
+    // 3. A canary prompt never appears in any byte the gateway forwards.
+    let canary = "canary-7f3a9c zebra quartz";
+    let before = proxy.recorded.lock().unwrap().len();
+    run(&client, greedy(canary, 8, RouteChoice::Remote))
+        .await
+        .unwrap();
+    let recorded = proxy.recorded.lock().unwrap().clone();
+    assert!(recorded.len() > before, "the proxy saw the request");
+    assert!(
+        !recorded.windows(canary.len()).any(|w| w == canary.as_bytes()),
+        "the canary prompt crossed the gateway in clear"
+    );
+    assert!(!recorded.windows(6).any(|w| w == b"canary"));
+
+    // 4. A tampered attestation is refused with a clear error and nothing is sent.
+    proxy.mode.store(TAMPER_ATTESTATION, Ordering::SeqCst);
+    let submits = proxy.submits.load(Ordering::SeqCst);
+    let e = run(&client, greedy("hello", 4, RouteChoice::Remote))
+        .await
+        .expect_err("tampered attestation");
+    assert!(
+        matches!(e, Error::Remote(RemoteError::NoVerifiedNode(_))),
+        "{e}"
+    );
+    assert!(e.to_string().contains("step"), "names the failed step: {e}");
+    assert_eq!(proxy.submits.load(Ordering::SeqCst), submits, "nothing was sent");
+    proxy.mode.store(PASS, Ordering::SeqCst);
+
+    // 5. A node serving a different adapter (the device holds other adapter bytes): no
+    //    candidate passes the required-digest step; nothing is sent.
+    let other = tempfile::tempdir().unwrap();
+    let dev_dir = client.pin(ModelChoice::Device).unwrap().dir.clone();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(dev_dir.join(f), other.path().join(f)).unwrap();
+    }
+    let ad = other.path().join("adapters/proofread");
+    std::fs::create_dir_all(&ad).unwrap();
+    std::fs::copy(
+        dev_dir.join("adapters/proofread/adapter_model.safetensors"),
+        ad.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut acfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dev_dir.join("adapters/proofread/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    acfg["lora_alpha"] = serde_json::json!(acfg["lora_alpha"].as_f64().unwrap() * 2.0);
+    std::fs::write(ad.join("adapter_config.json"), acfg.to_string()).unwrap();
+    let mut other_cfg = cfg.clone();
+    other_cfg.models.device = Some(other.path().to_owned());
+    let other_client = Client::new(other_cfg).unwrap();
+    let submits = proxy.submits.load(Ordering::SeqCst);
+    let e = run(
+        &other_client,
+        GenerateRequest {
+            route: RouteChoice::Remote,
+            max_new_tokens: 4,
+            ..GenerateRequest::for_adapter("proofread", "helo")
+        },
+    )
+    .await
+    .expect_err("different adapter digest");
+    assert!(matches!(e, Error::Remote(_)), "{e}");
+    assert_eq!(proxy.submits.load(Ordering::SeqCst), submits, "nothing was sent: {e}");
+
+    // 6. Fallback: with a tiny local budget auto routing goes remote; when the gateway refuses
+    //    before the first chunk the request runs locally and the events say so.
+    let mut small = cfg.clone();
+    small.routing.local_token_budget = 4;
+    let small_client = Client::new(small).unwrap();
+    proxy.mode.store(REFUSE, Ordering::SeqCst);
+    let (_, ids, s, fb) = run(&small_client, greedy("The king said", 8, RouteChoice::Auto))
+        .await
+        .unwrap();
+    proxy.mode.store(PASS, Ordering::SeqCst);
+    assert!(fb.unwrap().contains("proxy refuses service"));
+    assert_eq!(s.route, Route::Local);
+    assert!(s.reason.contains("remote failed before the first chunk"), "{}", s.reason);
+    assert_eq!(ids.len(), 8);
+
+    // 7. 200 remote requests, 8 at a time, zero errors.
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(8));
+    for i in 0..200u32 {
+        let c = client.clone();
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        tasks.spawn(async move {
+            let r = run(&c, greedy(&format!("Request {i} says"), 4, RouteChoice::Remote)).await;
+            drop(permit);
+            r.map(|(_, _, s, _)| s.route)
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), Route::Remote);
+        ok += 1;
+    }
+    assert_eq!(ok, 200);
+    eprintln!(
+        "200 remote requests, 8 concurrent: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 8. Every node killed mid-stream: the device gets an error, never a short answer that
+    //    looks complete.
+    let mut events = client.generate(greedy("The king said", 200, RouteChoice::Remote));
+    let first = events.next().await.unwrap().unwrap();
+    assert!(matches!(first, Event::Text { .. }), "{first:?}");
+    for pid in &fleet.node_pids {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    let mut outcome = None;
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(Event::Text { .. }) => {}
+            Ok(Event::Done(s)) => {
+                // Finished before the kill landed: then it must be complete and receipted.
+                let r = s.receipt.expect("receipt");
+                assert_eq!(r.completion_tokens, s.completion_tokens);
+                outcome = Some("completed");
+                break;
+            }
+            Ok(Event::Fallback { .. }) => panic!("no fallback after text was streamed"),
+            Err(e) => {
+                assert!(matches!(e, Error::Remote(_)), "{e}");
+                outcome = Some("error");
+                break;
+            }
+        }
+    }
+    assert!(outcome.is_some(), "the stream ended without Done or an error");
+}

@@ -1,0 +1,89 @@
+//! Node throughput on loopback: requests/s and aggregate generated tokens/s at 1, 4 and 16
+//! concurrent streams, one in-process node (real gRPC socket, real HPKE, the embedded device
+//! model, greedy, 32 new tokens per request; no early stop: the prompt is chosen so generation
+//! runs to the limit or the count is what the receipts say).
+//!
+//! Run: `cargo bench -p tandem-node --bench serve_throughput --no-run`, then the printed binary
+//! with `--bench`. Prints one JSON line per concurrency level.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/serve_support/mod.rs"]
+mod serve_support;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serve_support::*;
+use tandem_node::node::{Node, SystemClock};
+
+const NEW_TOKENS: u32 = 32;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let bin_dir = tempfile::tempdir().unwrap();
+    let binary = bin_dir.path().join("tandem-node");
+    std::fs::write(&binary, b"stand-in").unwrap();
+    let f = fleet(
+        &binary,
+        "[limits]\nqueue_depth = 256\nmax_concurrent = 16\n",
+        true,
+    )
+    .await;
+    let node = Node::start(f.resolved(), &f.config_bytes, &binary, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let listener = node.bind().await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(node.serve(listener, std::future::pending()));
+    let mut c = connect(addr).await;
+    let d = digests();
+    let configs = key_configs(&mut c).await;
+    // Warm-up.
+    let (s, ctx) = seal(&configs, d.model, None, "warm up", 8, now());
+    submit(&mut c, s, ctx).await.unwrap();
+    for conc in [1usize, 4, 16] {
+        let total = (conc * 4).max(8);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        let per = total / conc;
+        for w in 0..conc {
+            let mut c = c.clone();
+            let configs = configs.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tokens = 0u64;
+                for i in 0..per {
+                    let prompt = format!("once upon a time {w} {i}");
+                    let (s, ctx) = seal(&configs, d.model, None, &prompt, NEW_TOKENS, now());
+                    let a = submit(&mut c, s, ctx).await.unwrap();
+                    tokens += u64::from(a.receipt.unwrap().completion_tokens);
+                }
+                tokens
+            }));
+        }
+        let mut tokens = 0u64;
+        for t in tasks {
+            tokens += t.await.unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let n = (per * conc) as f64;
+        println!(
+            "{}",
+            serde_json::json!({
+                "concurrency": conc,
+                "requests": per * conc,
+                "seconds": secs,
+                "requests_per_s": n / secs,
+                "tokens": tokens,
+                "tokens_per_s": tokens as f64 / secs,
+            })
+        );
+    }
+}

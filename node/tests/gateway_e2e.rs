@@ -255,6 +255,16 @@ fn with(behavior: Behavior) -> Spec {
 }
 
 async fn start_node(fleet: &Fleet, key_id: u8, spec: Spec) -> Running {
+    start_node_tls(fleet, key_id, spec, None).await
+}
+
+/// A test node, serving TLS with `tls` = (cert PEM, key PEM) if given.
+async fn start_node_tls(
+    fleet: &Fleet,
+    key_id: u8,
+    spec: Spec,
+    tls: Option<(String, String)>,
+) -> Running {
     let key = NodeKey::generate(key_id, &Suite::ALL).unwrap();
     let config = key.config().clone();
     let document = fleet.bundle(&key, spec.expiry, spec.model, spec.adapter);
@@ -269,8 +279,18 @@ async fn start_node(fleet: &Fleet, key_id: u8, spec: Spec) -> Running {
         hung: Mutex::new(Vec::new()),
     };
     let (stop, rx) = oneshot::channel::<()>();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        builder = builder
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+            .unwrap();
+    }
     let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .add_service(NodeServer::new(svc))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
@@ -1055,6 +1075,84 @@ fn a_node_that_sends_nothing_is_skipped_after_the_first_message_timeout() {
                     code: Code::DeadlineExceeded
                 }
             )),
+            "{log:?}"
+        );
+    });
+}
+
+fn self_signed() -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    (c.cert.pem(), c.signing_key.serialize_pem())
+}
+
+#[test]
+fn tls_on_both_hops() {
+    rt().block_on(async {
+        let fleet = Fleet::new();
+        let node_tls = self_signed();
+        let gw_tls = self_signed();
+        let node = start_node_tls(&fleet, 1, good(), Some(node_tls.clone())).await;
+        let refs = [&node];
+        let https = |n: &Running| NodeEndpoint {
+            url: format!("https://localhost:{}", n.addr.port()),
+            tls: true,
+        };
+        let mut cfg = gateway_config(&[], &[], 3, Duration::from_secs(60));
+        cfg.nodes = vec![https(&node)];
+        cfg.node_ca_pem = Some(node_tls.0.clone().into_bytes());
+        cfg.tls = Some(tandem_node::gateway::config::TlsIdentity {
+            cert_pem: gw_tls.0.clone().into_bytes(),
+            key_pem: gw_tls.1.clone().into_bytes(),
+        });
+        let (sink, _) = recorder();
+        let gw = BoundGateway::bind(cfg, sink).await.unwrap();
+        let port = gw.grpc_addr().port();
+        let (stop, rx) = oneshot::channel::<()>();
+        tokio::spawn(gw.serve(async move {
+            let _ = rx.await;
+        }));
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&gw_tls.0)),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = GatewayClient::new(channel);
+        let cands = discover(&mut client, MODEL, None, 1).await.unwrap();
+        assert_eq!(handles(&cands, &refs)[0].1, 0, "the TLS node is healthy");
+        let (sealed, ctx) = seal_to(&refs, b"hello");
+        let resp = client
+            .submit(v1::SubmitRequest {
+                sealed_request: sealed,
+                node_handles: vec![cands[0].node_handle.clone()],
+            })
+            .await;
+        let (_, end, complete) = read_stream(resp, ctx).await;
+        end.unwrap();
+        assert!(complete);
+        let _ = stop.send(());
+
+        // A gateway that does not trust the node's certificate never offers it.
+        let mut cfg = gateway_config(&[], &[], 3, Duration::from_secs(60));
+        cfg.nodes = vec![https(&node)];
+        cfg.node_ca_pem = Some(gw_tls.0.clone().into_bytes());
+        let (sink, log) = recorder();
+        let mut gw = start_gateway(cfg, sink).await;
+        let e = discover(&mut gw.client, MODEL, None, 1).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+        assert!(
+            e.message().contains("0 of 1 nodes are healthy"),
+            "{}",
+            e.message()
+        );
+        let log = log.lock().unwrap().clone();
+        assert!(
+            log.iter()
+                .any(|e| matches!(e, Event::NodeUnhealthy { node: 0, .. })),
             "{log:?}"
         );
     });

@@ -108,6 +108,11 @@ impl BoundGateway {
     /// Builds the fleet and binds both listeners (port 0 picks free ports; see
     /// [`Self::grpc_addr`]). Must run inside a Tokio runtime.
     pub async fn bind(config: GatewayConfig, events: EventSink) -> Result<Self, GatewayError> {
+        if config.tls.is_some() || config.nodes.iter().any(|n| n.tls) {
+            // rustls with an explicit crypto provider (ring, as tonic's `tls-ring`); an error
+            // only means a provider is already installed for this process.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let fleet = Arc::new(Fleet::new(&config)?);
         if let Some(t) = &config.tls {
             // Check the identity now, so a bad key fails before anything listens.

@@ -64,7 +64,10 @@ fn start_fleet() -> Fleet {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
@@ -73,7 +76,10 @@ fn start_fleet() -> Fleet {
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let e2 = errors.clone();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             e2.lock().unwrap().push(line);
         }
     });
@@ -119,6 +125,17 @@ struct Proxy {
     submits: Arc<AtomicUsize>,
 }
 
+impl Proxy {
+    async fn upstream(&self) -> Result<GatewayClient<tonic::transport::Channel>, Status> {
+        let ch = tonic::transport::Endpoint::from_shared(self.upstream.clone())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(GatewayClient::new(ch))
+    }
+}
+
 #[tonic::async_trait]
 impl Gateway for Proxy {
     async fn discover(
@@ -129,13 +146,8 @@ impl Gateway for Proxy {
             return Err(Status::unavailable("proxy refuses service"));
         }
         let req = req.into_inner();
-        self.recorded
-            .lock()
-            .unwrap()
-            .extend(req.encode_to_vec());
-        let mut up = GatewayClient::connect(self.upstream.clone())
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        self.recorded.lock().unwrap().extend(req.encode_to_vec());
+        let mut up = self.upstream().await?;
         let mut resp = up.discover(req).await?.into_inner();
         if self.mode.load(Ordering::SeqCst) == TAMPER_ATTESTATION {
             for c in &mut resp.candidates {
@@ -145,13 +157,14 @@ impl Gateway for Proxy {
                 let s = String::from_utf8(doc.clone()).unwrap();
                 let at = s.find("\"keyExpiry\":").expect("keyExpiry field") + 12;
                 let digit = doc[at..].iter().position(u8::is_ascii_digit).unwrap() + at;
-                doc[digit] = if doc[digit] == b'9' { b'8' } else { doc[digit] + 1 };
+                doc[digit] = if doc[digit] == b'9' {
+                    b'8'
+                } else {
+                    doc[digit] + 1
+                };
             }
         }
-        self.recorded
-            .lock()
-            .unwrap()
-            .extend(resp.encode_to_vec());
+        self.recorded.lock().unwrap().extend(resp.encode_to_vec());
         Ok(Response::new(resp))
     }
 
@@ -163,13 +176,8 @@ impl Gateway for Proxy {
     ) -> Result<Response<Self::SubmitStream>, Status> {
         self.submits.fetch_add(1, Ordering::SeqCst);
         let req = req.into_inner();
-        self.recorded
-            .lock()
-            .unwrap()
-            .extend(req.encode_to_vec());
-        let mut up = GatewayClient::connect(self.upstream.clone())
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        self.recorded.lock().unwrap().extend(req.encode_to_vec());
+        let mut up = self.upstream().await?;
         let mut stream = up.submit(req).await?.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let recorded = self.recorded.clone();
@@ -264,12 +272,19 @@ async fn device_sdk_against_a_dev_fleet() {
         let (rt, rids, rs, fb) = run(&client, remote_req).await.unwrap();
         assert!(fb.is_none());
         assert_eq!(rs.route, Route::Remote);
-        assert!(rs.reason.contains("remote route requested"), "{}", rs.reason);
+        assert!(
+            rs.reason.contains("remote route requested"),
+            "{}",
+            rs.reason
+        );
         assert_eq!(lids, rids, "greedy tokens differ between local and remote");
         assert_eq!(lt, rt);
         let r = rs.receipt.expect("remote runs carry a verified receipt");
         assert_eq!(r.model_digest.0, ls.model_digest.0.0);
-        assert_eq!(r.adapter_digest.map(|d| d.0), ls.adapter_digest.map(|d| d.0.0));
+        assert_eq!(
+            r.adapter_digest.map(|d| d.0),
+            ls.adapter_digest.map(|d| d.0.0)
+        );
         assert_eq!(r.completion_tokens as usize, rids.len());
     }
 
@@ -285,7 +300,11 @@ async fn device_sdk_against_a_dev_fleet() {
     .await
     .unwrap();
     assert_eq!(s.route, Route::Remote);
-    assert!(s.reason.contains("server model runs only on nodes"), "{}", s.reason);
+    assert!(
+        s.reason.contains("server model runs only on nodes"),
+        "{}",
+        s.reason
+    );
     assert!(!ids.is_empty());
     let server_pin = client.pin(ModelChoice::Server).unwrap();
     assert_eq!(s.receipt.unwrap().model_digest.0, server_pin.digest.0.0);
@@ -299,7 +318,9 @@ async fn device_sdk_against_a_dev_fleet() {
     let recorded = proxy.recorded.lock().unwrap().clone();
     assert!(recorded.len() > before, "the proxy saw the request");
     assert!(
-        !recorded.windows(canary.len()).any(|w| w == canary.as_bytes()),
+        !recorded
+            .windows(canary.len())
+            .any(|w| w == canary.as_bytes()),
         "the canary prompt crossed the gateway in clear"
     );
     assert!(!recorded.windows(6).any(|w| w == b"canary"));
@@ -315,7 +336,11 @@ async fn device_sdk_against_a_dev_fleet() {
         "{e}"
     );
     assert!(e.to_string().contains("step"), "names the failed step: {e}");
-    assert_eq!(proxy.submits.load(Ordering::SeqCst), submits, "nothing was sent");
+    assert_eq!(
+        proxy.submits.load(Ordering::SeqCst),
+        submits,
+        "nothing was sent"
+    );
     proxy.mode.store(PASS, Ordering::SeqCst);
 
     // 5. A node serving a different adapter (the device holds other adapter bytes): no
@@ -353,7 +378,11 @@ async fn device_sdk_against_a_dev_fleet() {
     .await
     .expect_err("different adapter digest");
     assert!(matches!(e, Error::Remote(_)), "{e}");
-    assert_eq!(proxy.submits.load(Ordering::SeqCst), submits, "nothing was sent: {e}");
+    assert_eq!(
+        proxy.submits.load(Ordering::SeqCst),
+        submits,
+        "nothing was sent: {e}"
+    );
 
     // 6. Fallback: with a tiny local budget auto routing goes remote; when the gateway refuses
     //    before the first chunk the request runs locally and the events say so.
@@ -367,7 +396,11 @@ async fn device_sdk_against_a_dev_fleet() {
     proxy.mode.store(PASS, Ordering::SeqCst);
     assert!(fb.unwrap().contains("proxy refuses service"));
     assert_eq!(s.route, Route::Local);
-    assert!(s.reason.contains("remote failed before the first chunk"), "{}", s.reason);
+    assert!(
+        s.reason.contains("remote failed before the first chunk"),
+        "{}",
+        s.reason
+    );
     assert_eq!(ids.len(), 8);
 
     // 7. 200 remote requests, 8 at a time, zero errors.
@@ -378,7 +411,11 @@ async fn device_sdk_against_a_dev_fleet() {
         let c = client.clone();
         let permit = sem.clone().acquire_owned().await.unwrap();
         tasks.spawn(async move {
-            let r = run(&c, greedy(&format!("Request {i} says"), 4, RouteChoice::Remote)).await;
+            let r = run(
+                &c,
+                greedy(&format!("Request {i} says"), 4, RouteChoice::Remote),
+            )
+            .await;
             drop(permit);
             r.map(|(_, _, s, _)| s.route)
         });
@@ -400,7 +437,9 @@ async fn device_sdk_against_a_dev_fleet() {
     let first = events.next().await.unwrap().unwrap();
     assert!(matches!(first, Event::Text { .. }), "{first:?}");
     for pid in &fleet.node_pids {
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
     let mut outcome = None;
     while let Some(ev) = events.next().await {
@@ -421,5 +460,8 @@ async fn device_sdk_against_a_dev_fleet() {
             }
         }
     }
-    assert!(outcome.is_some(), "the stream ended without Done or an error");
+    assert!(
+        outcome.is_some(),
+        "the stream ended without Done or an error"
+    );
 }

@@ -1,0 +1,76 @@
+//! Remote overhead of the device SDK on loopback: end-to-end latency of a remote request
+//! (discover → verify (warm cache) → seal → gateway → node → sealed stream → receipt check)
+//! minus the model time, estimated by the same request run locally with the same model files
+//! on the same machine (the node runs the identical model stack).
+//!
+//! `cargo bench -p tandem-node --bench remote_overhead` (starts `tandem-node dev --nodes 2`).
+//! Prints p50/p99 of local and remote latency and of their difference, per token count.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/e2e_support/mod.rs"]
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use e2e_support::{greedy, run, start_fleet};
+use tandem_device::{Client, RouteChoice};
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    let iters: usize = std::env::var("ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let fleet = start_fleet(env!("CARGO_BIN_EXE_tandem-node"));
+    let client = Client::new(fleet.config.clone()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("remote overhead, {iters} iterations per row (interleaved local/remote)");
+    println!("| new tokens | local p50 | remote p50 | overhead p50 | local p99 | remote p99 | overhead p99 |");
+    println!("|---|---|---|---|---|---|---|");
+    for tokens in [1u32, 16] {
+        let (mut local, mut remote, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+        // Warm-up: loads the local model, fills the verification cache, opens the channel.
+        for route in [RouteChoice::Local, RouteChoice::Remote] {
+            rt.block_on(run(&client, greedy("The king said", tokens, route)))
+                .unwrap();
+        }
+        for _ in 0..iters {
+            let t = Instant::now();
+            let (_, lids, _, _) = rt
+                .block_on(run(&client, greedy("The king said", tokens, RouteChoice::Local)))
+                .unwrap();
+            let l = t.elapsed();
+            let t = Instant::now();
+            let (_, rids, _, _) = rt
+                .block_on(run(&client, greedy("The king said", tokens, RouteChoice::Remote)))
+                .unwrap();
+            let r = t.elapsed();
+            assert_eq!(lids, rids);
+            local.push(l);
+            remote.push(r);
+            diff.push(r.saturating_sub(l));
+        }
+        println!(
+            "| {tokens} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+            ms(pct(&mut local, 0.5)),
+            ms(pct(&mut remote, 0.5)),
+            ms(pct(&mut diff, 0.5)),
+            ms(pct(&mut local, 0.99)),
+            ms(pct(&mut remote, 0.99)),
+            ms(pct(&mut diff, 0.99)),
+        );
+    }
+}

@@ -37,9 +37,14 @@ async fn run() {
         true,
     )
     .await;
-    let node = Node::start(f.resolved(), &f.config_bytes, &binary, Arc::new(SystemClock))
-        .await
-        .unwrap();
+    let node = Node::start(
+        f.resolved(),
+        &f.config_bytes,
+        &binary,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
     let listener = node.bind().await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(node.serve(listener, std::future::pending()));

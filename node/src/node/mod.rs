@@ -284,7 +284,10 @@ impl Node {
             );
         };
         event::emit("serving", serde_json::json!({"listen": addr.to_string()}));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // No Nagle: a short answer is a few small writes (head, chunk, final chunk); with Nagle
+        // and the peer's delayed ACK each can wait ~40 ms.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let result = builder
             .add_service(NodeServer::new(self.service()))
             .serve_with_incoming_shutdown(incoming, shutdown)

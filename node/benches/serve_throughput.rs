@@ -28,15 +28,25 @@ fn main() {
 }
 
 async fn run() {
+    // Unbatched: up to 16 generations at once, each its own forward pass.
+    run_config(
+        "[limits]\nqueue_depth = 256\nmax_concurrent = 16\n",
+        "unbatched",
+    )
+    .await;
+    // Batched: one worker decoding up to 16 sequences per forward pass.
+    run_config(
+        "[limits]\nqueue_depth = 256\nmax_concurrent = 1\nmax_batch = 16\n",
+        "batched",
+    )
+    .await;
+}
+
+async fn run_config(config: &str, mode: &str) {
     let bin_dir = tempfile::tempdir().unwrap();
     let binary = bin_dir.path().join("tandem-node");
     std::fs::write(&binary, b"stand-in").unwrap();
-    let f = fleet(
-        &binary,
-        "[limits]\nqueue_depth = 256\nmax_concurrent = 16\n",
-        true,
-    )
-    .await;
+    let f = fleet(&binary, config, true).await;
     let node = Node::start(
         f.resolved(),
         &f.config_bytes,
@@ -82,6 +92,7 @@ async fn run() {
         println!(
             "{}",
             serde_json::json!({
+                "mode": mode,
                 "concurrency": conc,
                 "requests": per * conc,
                 "seconds": secs,

@@ -190,8 +190,13 @@ pub struct LimitsConfig {
     /// Requests that may wait for a generation slot; when full, new requests get
     /// `RESOURCE_EXHAUSTED`. Default 64.
     pub queue_depth: usize,
-    /// Generations running at once (each on its own blocking thread). Default 2.
+    /// Generations running at once (each on its own blocking thread). Default 2. With
+    /// batching, the number of batch worker threads.
     pub max_concurrent: usize,
+    /// Most sequences decoded together in one forward pass (same model and adapter, waiting at
+    /// the same time). 1 (default) turns batching off: each request runs alone, exactly the
+    /// device's single-sequence path. At most 64.
+    pub max_batch: usize,
 }
 
 impl Default for LimitsConfig {
@@ -202,6 +207,7 @@ impl Default for LimitsConfig {
             deadline_secs: 60,
             queue_depth: 64,
             max_concurrent: 2,
+            max_batch: 1,
         }
     }
 }
@@ -343,6 +349,9 @@ impl NodeConfig {
                     "must be at least 1 (and max_prompt_bytes at most 8 MiB)",
                 ));
             }
+        }
+        if l.max_batch == 0 || l.max_batch > 64 {
+            return Err(invalid("limits.max_batch", "must be 1..=64"));
         }
         if l.max_concurrent > 256 {
             return Err(invalid("limits.max_concurrent", "at most 256"));

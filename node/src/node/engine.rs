@@ -154,9 +154,12 @@ pub struct Outcome {
     pub completion_tokens: usize,
     /// `stop`, `length`, or the failure kind.
     pub finish: &'static str,
+    /// Sequences decoded together with this one (1: alone).
+    pub batch: usize,
 }
 
-type Tx = mpsc::Sender<Result<SubmitReply, Status>>;
+/// Where a request's reply messages go.
+pub type Tx = mpsc::Sender<Result<SubmitReply, Status>>;
 
 fn sealed(plain: &[u8], sealer: &mut ChunkSealer) -> Option<SubmitReply> {
     sealer.seal(plain).ok().map(|c| SubmitReply {
@@ -185,6 +188,67 @@ pub fn send_error(sealer: ChunkSealer, tx: &Tx, failure: &Failure) {
     }
 }
 
+/// Seals and sends one delta; `Break` if the client went away or sealing failed.
+pub fn send_delta(sealer: &mut ChunkSealer, tx: &Tx, text: &str, ids: &[u32]) -> ControlFlow<()> {
+    let plain = encode(response_event::Event::Delta(v1::TextDelta {
+        text: text.to_owned(),
+        token_ids: ids.to_vec(),
+    }));
+    let Some(reply) = sealed(&plain, sealer) else {
+        return ControlFlow::Break(());
+    };
+    if tx.blocking_send(Ok(reply)).is_err() {
+        return ControlFlow::Break(());
+    }
+    ControlFlow::Continue(())
+}
+
+/// Seals the receipt as the final chunk.
+pub fn send_receipt(
+    sealer: ChunkSealer,
+    tx: &Tx,
+    job: &Job,
+    release_digest: [u8; 32],
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    finish: FinishReason,
+) -> Outcome {
+    let finish = match finish {
+        FinishReason::Eos | FinishReason::StopString => v1::FinishReason::Stop,
+        FinishReason::Length | FinishReason::Cancelled => v1::FinishReason::Length,
+    };
+    let plain = encode(response_event::Event::Receipt(v1::Receipt {
+        release_digest: release_digest.to_vec(),
+        model_digest: job.model.0.0.to_vec(),
+        adapter_digest: job
+            .adapter
+            .as_ref()
+            .map(|(d, _)| d.0.0.to_vec())
+            .unwrap_or_default(),
+        prompt_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
+        completion_tokens: u32::try_from(completion_tokens).unwrap_or(u32::MAX),
+        finish_reason: finish as i32,
+    }));
+    let sent = match sealer.seal_final(&plain) {
+        Ok(c) => tx
+            .blocking_send(Ok(SubmitReply {
+                part: Some(submit_reply::Part::Chunk(c)),
+            }))
+            .is_ok(),
+        Err(_) => false,
+    };
+    Outcome {
+        prompt_tokens,
+        completion_tokens,
+        finish: match (sent, finish) {
+            (false, _) => "client_gone",
+            (true, v1::FinishReason::Stop) => "stop",
+            (true, _) => "length",
+        },
+        batch: 1,
+    }
+}
+
 /// Runs `job` and streams sealed deltas, then the receipt (or an error) as the final chunk.
 /// Blocking: call it on a blocking thread.
 pub fn run(
@@ -204,6 +268,7 @@ pub fn run(
                 prompt_tokens: 0,
                 completion_tokens: 0,
                 finish: "unknown_model",
+                batch: 1,
             };
         }
     };
@@ -223,15 +288,7 @@ pub fn run(
         &params,
         |text, ids| {
             completion += ids.len();
-            let plain = encode(response_event::Event::Delta(v1::TextDelta {
-                text: text.to_owned(),
-                token_ids: ids.to_vec(),
-            }));
-            let Some(reply) = sealed(&plain, &mut sealer) else {
-                gone = true;
-                return ControlFlow::Break(());
-            };
-            if tx.blocking_send(Ok(reply)).is_err() {
+            if send_delta(&mut sealer, tx, text, ids).is_break() {
                 gone = true;
                 return ControlFlow::Break(());
             }
@@ -249,6 +306,7 @@ pub fn run(
             prompt_tokens,
             completion_tokens: completion,
             finish: f.kind(),
+            batch: 1,
         }
     };
     if gone {
@@ -256,6 +314,7 @@ pub fn run(
             prompt_tokens,
             completion_tokens: completion,
             finish: "client_gone",
+            batch: 1,
         };
     }
     if timed_out {
@@ -270,46 +329,16 @@ pub fn run(
             );
         }
     };
-    let finish = match generation.finish {
-        FinishReason::Eos | FinishReason::StopString => v1::FinishReason::Stop,
-        FinishReason::Length | FinishReason::Cancelled => v1::FinishReason::Length,
-    };
-    let plain = encode(response_event::Event::Receipt(v1::Receipt {
-        release_digest: release_digest.to_vec(),
-        model_digest: job.model.0.0.to_vec(),
-        adapter_digest: job
-            .adapter
-            .as_ref()
-            .map(|(d, _)| d.0.0.to_vec())
-            .unwrap_or_default(),
-        prompt_tokens: u32::try_from(generation.prompt_tokens).unwrap_or(u32::MAX),
-        completion_tokens: u32::try_from(generation.tokens.len()).unwrap_or(u32::MAX),
-        finish_reason: finish as i32,
-    }));
-    // The generated text is dropped here; zeroize the copy the model kept.
+    // The generated text is not needed; zeroize the copy the model kept.
     let mut text = generation.text;
     zeroize::Zeroize::zeroize(&mut text);
-    match sealer.seal_final(&plain) {
-        Ok(c) => {
-            let _ = tx.blocking_send(Ok(SubmitReply {
-                part: Some(submit_reply::Part::Chunk(c)),
-            }));
-        }
-        Err(_) => {
-            return Outcome {
-                prompt_tokens,
-                completion_tokens: completion,
-                finish: "seal_failed",
-            };
-        }
-    }
-    Outcome {
-        prompt_tokens,
-        completion_tokens: generation.tokens.len(),
-        finish: if finish == v1::FinishReason::Stop {
-            "stop"
-        } else {
-            "length"
-        },
-    }
+    send_receipt(
+        sealer,
+        tx,
+        &job,
+        release_digest,
+        generation.prompt_tokens,
+        generation.tokens.len(),
+        generation.finish,
+    )
 }

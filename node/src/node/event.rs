@@ -8,7 +8,7 @@
 //! - `serving`: listen address;
 //! - `key_rotated`: new key id;
 //! - `log_refreshed`: checkpoint size; `log_refresh_failed`: reason (from the log client);
-//! - `request_done`: prompt_tokens, tokens, finish, ms;
+//! - `request_done`: prompt_tokens, tokens, finish, batch (sequences decoded together), ms;
 //! - `request_rejected`: reason kind, gRPC code, ms;
 //! - `drain_start`, `drain_done`: requests in flight.
 

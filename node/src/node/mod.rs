@@ -13,6 +13,7 @@
 //! answered with sealed chunks ending in a receipt. Nothing is written to disk after start-up;
 //! the log is an allow-list of structured events ([`event`]).
 
+pub mod batch;
 pub mod engine;
 pub mod event;
 pub mod identity;
@@ -202,9 +203,20 @@ impl Node {
                 "tls": tls.is_some(),
             }),
         );
+        let engine = Arc::new(engine);
+        let batcher = (limits.max_batch > 1).then(|| {
+            batch::Batcher::start(
+                engine.clone(),
+                limits.max_concurrent,
+                limits.max_batch,
+                limits.deadline_secs,
+                *release_digest.as_bytes(),
+            )
+        });
         let shared = Arc::new(service::Shared {
             keys,
-            engine: Arc::new(engine),
+            engine,
+            batcher,
             places: Arc::new(Semaphore::new(limits.queue_depth + limits.max_concurrent)),
             slots: Arc::new(Semaphore::new(limits.max_concurrent)),
             limits,

@@ -41,6 +41,8 @@ pub struct Shared {
     pub keys: KeyRing,
     /// Models.
     pub engine: Arc<Engine>,
+    /// The batch scheduler, when `limits.max_batch > 1`.
+    pub batcher: Option<Arc<super::batch::Batcher>>,
     /// Limits.
     pub limits: LimitsConfig,
     /// Clock.
@@ -257,6 +259,43 @@ impl Node for NodeService {
                 start,
             )
         })?;
+        let done = {
+            let s = s.clone();
+            move |out: engine::Outcome| {
+                drop(place);
+                s.in_flight.fetch_sub(1, Ordering::SeqCst);
+                event::emit(
+                    "request_done",
+                    serde_json::json!({
+                        "prompt_tokens": out.prompt_tokens,
+                        "tokens": out.completion_tokens,
+                        "finish": out.finish,
+                        "batch": out.batch,
+                        "ms": start.elapsed().as_millis() as u64,
+                    }),
+                );
+            }
+        };
+        if let Some(b) = &s.batcher {
+            let (head, sealer) = admitted.responder.start(Limits::default());
+            let (tx, rx) = mpsc::channel(32);
+            let _ = tx
+                .send(Ok(SubmitReply {
+                    part: Some(submit_reply::Part::Head(head)),
+                }))
+                .await;
+            s.in_flight.fetch_add(1, Ordering::SeqCst);
+            b.submit(super::batch::Pending {
+                job: admitted.job,
+                sealer,
+                tx,
+                deadline,
+                done: Box::new(done),
+            });
+            return Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )));
+        }
         let slot =
             match tokio::time::timeout_at(deadline.into(), s.slots.clone().acquire_owned()).await {
                 Ok(Ok(p)) => p,
@@ -285,17 +324,7 @@ impl Node for NodeService {
                 s3.release_digest,
             );
             drop(slot);
-            drop(place);
-            s3.in_flight.fetch_sub(1, Ordering::SeqCst);
-            event::emit(
-                "request_done",
-                serde_json::json!({
-                    "prompt_tokens": out.prompt_tokens,
-                    "tokens": out.completion_tokens,
-                    "finish": out.finish,
-                    "ms": start.elapsed().as_millis() as u64,
-                }),
-            );
+            done(out);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -3,7 +3,15 @@
 //!
 //! Run: `cargo bench -p tandem-attest --bench log_append` (or `--no-run`, then the binary with
 //! `--bench`). Settings: `LOG_BENCH_ENTRIES` (default 100000), `LOG_BENCH_WRITERS` (default 256).
-#![allow(clippy::unwrap_used)]
+//!
+//! `LOG_BENCH_STORE_BATCH=N` instead drives the server's durable store directly (the same
+//! `LogStore::append_batch` the sequencer calls: WAL, tiles and checkpoint synced per batch)
+//! with batches of `N` entries, to separate the cost of durable batching from HTTP and the
+//! writers' CPU.
+#![allow(clippy::unwrap_used, dead_code, unreachable_pub, missing_docs)]
+
+#[path = "../src/bin/attest/log/store.rs"]
+mod store;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -21,6 +29,10 @@ fn main() {
         return; // `cargo test --benches` runs benches as tests; this one is too long for that.
     }
     let entries = env("LOG_BENCH_ENTRIES", 100_000);
+    let store_batch = env("LOG_BENCH_STORE_BATCH", 0);
+    if store_batch > 0 {
+        return bench_store(entries, store_batch as usize);
+    }
     let writers = env("LOG_BENCH_WRITERS", 256);
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("log.key");
@@ -91,5 +103,31 @@ fn main() {
          (each answered after WAL + tiles + checkpoint fsync, with its inclusion proof)",
         elapsed.as_secs_f64(),
         done as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn bench_store(entries: u64, batch: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (signer, _) = tandem_attest::log::note::NoteSigner::generate_with_rng(
+        &mut rand::rngs::OsRng,
+        "bench.tandem/log",
+    )
+    .unwrap();
+    let (mut store, _) = store::LogStore::open(&tmp.path().join("log"), signer).unwrap();
+    let all: Vec<Vec<u8>> = (0..entries)
+        .map(|k| format!("{{\"release\":\"sha256:{k:064x}\"}}").into_bytes())
+        .collect();
+    let start = Instant::now();
+    for chunk in all.chunks(batch) {
+        store.append_batch(chunk).unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(store.published_size(), entries);
+    println!(
+        "log_append (store): {entries} entries in batches of {batch} in {:.2} s = {:.0} entries/s \
+         ({:.2} ms per durable batch: WAL + tiles + checkpoint synced)",
+        elapsed.as_secs_f64(),
+        entries as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e3 / entries.div_ceil(batch as u64) as f64
     );
 }

@@ -7,11 +7,13 @@
 //! `GET /proof/consistency?old=M&new=N`.
 //!
 //! Writers are batched: one sequencer thread takes every entry queued while the previous batch
-//! was being committed and commits them together (one WAL fsync, one tile write, one checkpoint).
+//! was being committed and commits them together (one WAL fsync, one tile write, one checkpoint),
+//! starting commits at most every [`MIN_BATCH_INTERVAL`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
@@ -31,6 +33,10 @@ use super::store::LogStore;
 
 /// Most entries committed in one batch.
 const MAX_BATCH: usize = 8192;
+
+/// Shortest time between the starts of two commits, so concurrent appends coalesce into one
+/// batch (one round of syncs) instead of each paying for its own.
+const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(2);
 
 type Reply = oneshot::Sender<Result<InclusionBundle, String>>;
 
@@ -78,7 +84,14 @@ fn sequencer(
     mut rx: mpsc::Receiver<(Vec<u8>, Reply)>,
     published: &RwLock<Vec<u8>>,
 ) {
+    let mut last_commit: Option<Instant> = None;
     while let Some(first) = rx.blocking_recv() {
+        // Let writers that are about to send join this batch: commits start at most every
+        // MIN_BATCH_INTERVAL (a lone writer after a quiet spell does not wait).
+        if let Some(wait) = last_commit.and_then(|t| MIN_BATCH_INTERVAL.checked_sub(t.elapsed())) {
+            std::thread::sleep(wait);
+        }
+        last_commit = Some(Instant::now());
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

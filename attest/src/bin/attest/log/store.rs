@@ -6,9 +6,13 @@
 //! - `tile/...`: C2SP tlog-tiles hash tiles and entry bundles, written by rename.
 //! - `checkpoint`: the published signed checkpoint, replaced by rename.
 //!
-//! Order of a commit (group commit of a batch): append the batch to the WAL and fsync it; write
-//! every tile that changed and fsync the files and their directories; only then sign and publish
-//! the checkpoint (write, fsync, rename, fsync the directory); only then answer the writers.
+//! Order of a commit (group commit of a batch), with one round of syncs per step, each round's
+//! syncs issued in parallel so the filesystem folds them into one journal commit:
+//! 1. append the batch to the WAL, write every tile that changed and the new checkpoint to
+//!    temporary files; fsync the WAL and every temporary file;
+//! 2. rename the tiles into place and fsync every directory that gained an entry;
+//! 3. rename the checkpoint into place and fsync the log directory; only then answer the writers.
+//!
 //! So a published checkpoint is always backed by synced tiles and entries, and an answered entry
 //! is always in the WAL. On open, a torn WAL tail (a crash mid-write, never acknowledged) is cut
 //! off, the tree is rebuilt and checked against the published checkpoint, and entries that are
@@ -74,15 +78,85 @@ fn ensure_dir(dir: &Path, to_sync: &mut BTreeSet<PathBuf>) -> anyhow::Result<()>
     }
 }
 
-/// Write `data` to `path` atomically and durably: temp file, fsync, rename. The caller fsyncs
-/// the directory.
-fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
+/// Files a commit writes: each goes to a temporary file, is synced, then renamed into place.
+#[derive(Debug, Default)]
+struct Staged {
+    files: Vec<(PathBuf, Vec<u8>)>,
+    /// Directories that gain an entry (renamed files, created directories) and must be synced.
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Staged {
+    fn contains(&self, path: &Path) -> bool {
+        self.files.iter().any(|(p, _)| p == path)
+    }
+
+    /// Stage `data` for `path`, creating its directory if needed.
+    fn add(&mut self, path: PathBuf, data: Vec<u8>) -> anyhow::Result<()> {
+        if let Some(parent) = path.parent() {
+            ensure_dir(parent, &mut self.dirs)?;
+            self.dirs.insert(parent.to_path_buf());
+        }
+        if let Some(i) = self.files.iter().position(|(p, _)| *p == path) {
+            self.files[i].1 = data;
+        } else {
+            self.files.push((path, data));
+        }
+        Ok(())
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    path.with_extension("tmp")
+}
+
+/// Write `data` to the temporary file for `path` and sync it (not yet renamed).
+fn write_synced_tmp(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = tmp_path(path);
     let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    f.write_all(data)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_data()
+        .with_context(|| format!("fsync of {}", tmp.display()))
+}
+
+fn rename_tmp(path: &Path) -> anyhow::Result<()> {
+    fs::rename(tmp_path(path), path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// Most syncs issued at once.
+const MAX_PARALLEL_SYNCS: usize = 32;
+
+/// Run `job` on every item, concurrently (at most [`MAX_PARALLEL_SYNCS`] at a time), and `first`
+/// on this thread meanwhile. Concurrent fsyncs are folded by the filesystem into one journal
+/// commit, so a round costs about one sync however many files it covers. Returns the first
+/// error; every job has finished when it returns.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    job: impl Fn(&T) -> anyhow::Result<()> + Sync,
+    first: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut first = Some(first);
+    let mut result = Ok(());
+    for chunk in items.chunks(MAX_PARALLEL_SYNCS) {
+        let first = first.take();
+        let chunk_result = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|it| s.spawn(|| job(it))).collect();
+            let mut r = first.map_or(Ok(()), |f| f());
+            for h in handles {
+                let joined = h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a sync thread panicked")));
+                r = r.and(joined);
+            }
+            r
+        });
+        result = result.and(chunk_result);
+    }
+    if let Some(f) = first.take() {
+        result = result.and(f());
+    }
+    result
 }
 
 impl LogStore {
@@ -180,23 +254,28 @@ impl LogStore {
         // 3. Full entry bundles past the published size may not have been written before the
         //    crash: rewrite them from the WAL (deterministic, so rewriting is harmless).
         let size = store.tree.size();
+        let mut staged = Staged::default();
         for index in published_size / TILE_WIDTH..size / TILE_WIDTH {
             let lo = (index * TILE_WIDTH) as usize;
             let entries: Vec<&[u8]> = spans[lo..lo + TILE_WIDTH as usize]
                 .iter()
                 .map(|&(a, b)| &bytes[a..b])
                 .collect();
-            store.write_bundle(index, &entries)?;
+            store.stage_bundle(index, &entries, &mut staged)?;
         }
         drop(bytes);
         // 4. Rewrite the right edge of the published tree if nothing new is to be published
         //    (cheap; covers a lost directory entry), else publish everything the WAL holds.
-        if size == published_size {
-            store.write_tiles(&right_edge_tiles(published_size), published_size)?;
-        }
         if store.checkpoint.is_empty() || size > published_size {
             let from = published_size;
-            store.publish(from)?;
+            store.publish(from, staged, true)?;
+        } else {
+            store.stage_tiles(
+                &right_edge_tiles(published_size),
+                published_size,
+                &mut staged,
+            )?;
+            store.commit(&staged, false, None)?;
         }
         Ok((store, recovery))
     }
@@ -222,7 +301,7 @@ impl LogStore {
         if entries.is_empty() {
             return Ok(first);
         }
-        // 1. WAL append + fsync.
+        // WAL append (synced in the commit's first round).
         let mut buf = Vec::new();
         for e in entries {
             let e = e.as_ref();
@@ -236,78 +315,119 @@ impl LogStore {
             buf.extend_from_slice(&merkle::leaf_hash(e));
         }
         self.wal.write_all(&buf).context("appending to the WAL")?;
-        self.wal.sync_data().context("fsync of the WAL")?;
-        // 2. Tree and entry bundle state.
+        // Tree and entry bundle state.
+        let mut staged = Staged::default();
         for e in entries {
             let e = e.as_ref();
             self.tree.push_leaf_hash(merkle::leaf_hash(e));
             self.tail_entries.push(e.to_vec());
             if self.tail_entries.len() as u64 == TILE_WIDTH {
-                // A full bundle: write it now, then start the next.
+                // A full bundle: stage it now, then start the next.
                 let index = (self.tree.size() - 1) / TILE_WIDTH;
-                self.write_bundle(index, &self.tail_entries)?;
+                self.stage_bundle(index, &self.tail_entries, &mut staged)?;
                 self.tail_entries.clear();
             }
         }
-        // 3. Tiles, then the checkpoint.
-        self.publish(first)?;
+        // Tiles, then the checkpoint.
+        self.publish(first, staged, true)?;
         Ok(first)
     }
 
-    fn write_bundle<E: AsRef<[u8]>>(&self, index: u64, entries: &[E]) -> anyhow::Result<PathBuf> {
+    fn stage_bundle<E: AsRef<[u8]>>(
+        &self,
+        index: u64,
+        entries: &[E],
+        staged: &mut Staged,
+    ) -> anyhow::Result<()> {
         let t = TilePath {
             kind: TileKind::Entries,
             index,
             width: entries.len() as u16,
         };
-        let path = self.dir.join(t.to_path());
-        if let Some(parent) = path.parent() {
-            let mut dirs = BTreeSet::new();
-            ensure_dir(parent, &mut dirs)?;
-            for d in &dirs {
-                fsync_dir(d)?;
-            }
-        }
-        write_atomic(&path, &tile::encode_entry_bundle(entries)?)?;
-        Ok(path)
+        staged.add(
+            self.dir.join(t.to_path()),
+            tile::encode_entry_bundle(entries)?,
+        )
     }
 
-    /// Write tiles for sizes `from..size()`, fsync them, then sign and publish the checkpoint.
-    fn publish(&mut self, from: u64) -> anyhow::Result<()> {
+    /// Stage tiles for sizes `from..size()` and a checkpoint of `size()`, then commit them
+    /// (with the WAL if `sync_wal`) and publish the checkpoint.
+    fn publish(&mut self, from: u64, mut staged: Staged, sync_wal: bool) -> anyhow::Result<()> {
         let size = self.tree.size();
         let tiles = tile::tiles_to_publish(from, size);
-        self.write_tiles(&tiles, size)?;
+        self.stage_tiles(&tiles, size, &mut staged)?;
         let cp = Checkpoint::new(self.signer.name(), size, self.tree.root(size)?);
         let signed = note::sign_checkpoint(&cp, &self.signer)?;
-        write_atomic(&self.dir.join(CHECKPOINT), &signed)?;
-        fsync_dir(&self.dir)?;
+        self.commit(&staged, sync_wal, Some(&signed))?;
         self.checkpoint = signed;
         self.published_size = size;
         Ok(())
     }
 
-    /// Write and fsync the given tiles of the tree of `size` leaves (entry bundles: only the
-    /// partial one; full bundles are written as they fill).
-    fn write_tiles(&self, tiles: &[TilePath], size: u64) -> anyhow::Result<()> {
-        let mut dirs = BTreeSet::new();
+    /// Make `staged` (and the WAL, and a new checkpoint) durable in the order of the module
+    /// docs: 1. WAL + temporary files synced; 2. renamed, directories synced; 3. checkpoint
+    /// renamed, log directory synced.
+    fn commit(
+        &self,
+        staged: &Staged,
+        sync_wal: bool,
+        checkpoint: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
+        let cp_path = self.dir.join(CHECKPOINT);
+        // 1.
+        let wal = &self.wal;
+        in_parallel(
+            &staged.files,
+            |(path, data)| write_synced_tmp(path, data),
+            || {
+                if sync_wal {
+                    wal.sync_data().context("fsync of the WAL")?;
+                }
+                match checkpoint {
+                    Some(cp) => write_synced_tmp(&cp_path, cp),
+                    None => Ok(()),
+                }
+            },
+        )?;
+        // 2.
+        for (path, _) in &staged.files {
+            rename_tmp(path)?;
+        }
+        let dirs: Vec<&PathBuf> = staged.dirs.iter().collect();
+        in_parallel(&dirs, |d| fsync_dir(d), || Ok(()))?;
+        // 3.
+        if checkpoint.is_some() {
+            rename_tmp(&cp_path)?;
+            fsync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Stage the given tiles of the tree of `size` leaves (entry bundles: only the partial one;
+    /// full bundles are staged as they fill).
+    fn stage_tiles(
+        &self,
+        tiles: &[TilePath],
+        size: u64,
+        staged: &mut Staged,
+    ) -> anyhow::Result<()> {
         for t in tiles {
             let path = self.dir.join(t.to_path());
             match t.kind {
                 TileKind::Hash(level) => {
                     let data = tile::hash_tile_data(&self.tree, level, t.index, t.width)?;
-                    if let Some(parent) = path.parent() {
-                        ensure_dir(parent, &mut dirs)?;
-                        dirs.insert(parent.to_path_buf());
-                    }
-                    write_atomic(&path, &data)?;
+                    staged.add(path, data)?;
                 }
                 TileKind::Entries => {
                     let partial_index = size / TILE_WIDTH;
                     if t.is_full() {
-                        // Written when it filled (or present from before a restart).
+                        // Staged when it filled (or present from before a restart).
+                        if staged.contains(&path) {
+                            continue;
+                        }
                         if path.exists() {
                             if let Some(parent) = path.parent() {
-                                dirs.insert(parent.to_path_buf());
+                                staged.dirs.insert(parent.to_path_buf());
                             }
                             continue;
                         }
@@ -322,15 +442,9 @@ impl LogStore {
                             t.to_path()
                         );
                     }
-                    let p = self.write_bundle(t.index, &self.tail_entries)?;
-                    if let Some(parent) = p.parent() {
-                        dirs.insert(parent.to_path_buf());
-                    }
+                    self.stage_bundle(t.index, &self.tail_entries, staged)?;
                 }
             }
-        }
-        for d in &dirs {
-            fsync_dir(d)?;
         }
         Ok(())
     }

@@ -38,7 +38,9 @@ fn main() {
         .build()
         .unwrap();
     println!("remote overhead, {iters} iterations per row (interleaved local/remote)");
-    println!("| new tokens | local p50 | remote p50 | overhead p50 | local p99 | remote p99 | overhead p99 |");
+    println!(
+        "| new tokens | local p50 | remote p50 | overhead p50 | local p99 | remote p99 | overhead p99 |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for tokens in [1u32, 16] {
         let (mut local, mut remote, mut diff) = (Vec::new(), Vec::new(), Vec::new());
@@ -50,12 +52,18 @@ fn main() {
         for _ in 0..iters {
             let t = Instant::now();
             let (_, lids, _, _) = rt
-                .block_on(run(&client, greedy("The king said", tokens, RouteChoice::Local)))
+                .block_on(run(
+                    &client,
+                    greedy("The king said", tokens, RouteChoice::Local),
+                ))
                 .unwrap();
             let l = t.elapsed();
             let t = Instant::now();
             let (_, rids, _, _) = rt
-                .block_on(run(&client, greedy("The king said", tokens, RouteChoice::Remote)))
+                .block_on(run(
+                    &client,
+                    greedy("The king said", tokens, RouteChoice::Remote),
+                ))
                 .unwrap();
             let r = t.elapsed();
             assert_eq!(lids, rids);

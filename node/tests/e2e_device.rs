@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use e2e_support::{greedy, run, start_fleet};
 use prost::Message as _;
 use tandem_device::{
     Client, Config, Error, Event, GenerateRequest, ModelChoice, RemoteError, Route, RouteChoice,
@@ -25,7 +26,6 @@ use tandem_device::{
 use tandem_proto::v1::gateway_client::GatewayClient;
 use tandem_proto::v1::gateway_server::{Gateway, GatewayServer};
 use tandem_proto::v1::{DiscoverRequest, DiscoverResponse, SubmitReply, SubmitRequest};
-use e2e_support::{greedy, run, start_fleet};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};

@@ -122,4 +122,3 @@ pub fn greedy(prompt: &str, max: u32, route: RouteChoice) -> GenerateRequest {
         ..GenerateRequest::new(prompt)
     }
 }
-

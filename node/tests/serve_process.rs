@@ -231,3 +231,41 @@ async fn stateless_no_canary_in_output_and_sigterm_drains() {
         std::fs::set_permissions(cwd.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_is_checked_before_anything_starts() {
+    let f = fleet(Path::new(BIN), "", true).await;
+    let cwd = tempfile::tempdir().unwrap();
+    // --check: resolves every file, prints JSON, binds nothing.
+    let out = serve_cmd(&f, cwd.path()).arg("--check").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["models"][0]["name"], "device");
+    // A bad value: the error names the field.
+    let text = std::fs::read_to_string(&f.config_path).unwrap();
+    std::fs::write(
+        &f.config_path,
+        text.replace("key_lifetime_secs = 3600", "key_lifetime_secs = 5"),
+    )
+    .unwrap();
+    let out = serve_cmd(&f, cwd.path()).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("key_lifetime_secs"), "{stderr}");
+    // No identity directory: the error says which flag to pass.
+    std::fs::write(&f.config_path, &text).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&f.config_path)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--identity"), "{stderr}");
+}

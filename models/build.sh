@@ -39,10 +39,21 @@ $T model train --config server --init-from data/runs/device-final --data data/co
   --out data/runs/server --steps 45 --warmup 8 --lr 1e-3 --seed 1 --threads 1 --checkpoint-every 15 \
   --eval-data models/data/heldout.txt --export-dtype f16 --resume data/runs/server/checkpoint
 cp -r data/runs/server/model data/runs/server-final
+#    Second session: resumed at 45 with the schedule extended to 345 (a warm restart of the
+#    cosine), stopped after the step-225 checkpoint (CPU budget), exported in f16 without further
+#    steps (--max-steps-now 0).
+$T model train --config server --init-from data/runs/device-final --data data/corpus/train-mix.txt --tokenizer models/tokenizer.json \
+  --out data/runs/server --steps 345 --warmup 8 --lr 1e-3 --seed 1 --threads 1 --checkpoint-every 15 \
+  --eval-data models/data/heldout.txt --export-dtype f16 --resume data/runs/server/checkpoint   # stopped after step 225
+$T model train --config server --init-from data/runs/device-final --data data/corpus/train-mix.txt --tokenizer models/tokenizer.json \
+  --out data/runs/server --steps 345 --warmup 8 --lr 1e-3 --seed 1 --threads 1 --checkpoint-every 15 \
+  --eval-data models/data/heldout.txt --export-dtype f16 --resume data/runs/server/checkpoint --max-steps-now 0
+rm -rf data/runs/server-final && cp -r data/runs/server/model data/runs/server-final
 
 # 5. Adapters (base frozen, answer tokens only). Device proofread: 600-step schedule stopped at
 #    150, resumed with the schedule ending at 250. Device truecase: 150-step schedule stopped after
-#    the step-100 checkpoint (the adapter written there is the committed one). Server: 20 steps each.
+#    the step-100 checkpoint (the adapter written there is the committed one). Server: 20 steps each,
+#    retrained on the step-225 server model.
 A="--data data/corpus/train.txt --seed 1 --threads 1 --max-sentences 40000"
 $T model train-adapter --model data/runs/device-final --task proofread $A --out data/runs/adapters/device/proofread \
   --steps 600 --warmup 20 --lr 4e-3 --checkpoint-every 50   # interrupted after the step-150 checkpoint

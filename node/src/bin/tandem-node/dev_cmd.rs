@@ -58,15 +58,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let stop = crate::gateway_cmd::shutdown_signal();
         tokio::pin!(stop);
         let mut watch = tokio::time::interval(Duration::from_secs(1));
+        let mut reported = Vec::new();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = watch.tick() => {
+                    // A node that dies is reported and left out (the gateway's health checks
+                    // drop it); the fleet stops only when no node is left.
                     let gone = fleet.exited_nodes();
-                    if !gone.is_empty() {
-                        eprintln!("tandem-node dev: node(s) {gone:?} exited; stopping the fleet");
+                    for i in &gone {
+                        if !reported.contains(i) {
+                            eprintln!("tandem-node dev: node {i} exited; the gateway drops it");
+                            reported.push(*i);
+                        }
+                    }
+                    if gone.len() == fleet.nodes.len() {
                         fleet.shutdown().await;
-                        anyhow::bail!("node(s) {gone:?} exited");
+                        anyhow::bail!("every node exited; stopping the fleet");
                     }
                 }
             }

@@ -131,6 +131,19 @@ async fn round_trip_receipt_replay_limits_and_unknown_adapter() {
         bundle.release().release_digest(),
         r.fleet.release.release_digest()
     );
+    // The device's verifier accepts the node's bundle as published.
+    let verification = tandem_attest::verify::Verifier::new(r.fleet.policy()).verify_node(
+        &doc,
+        &tandem_attest::verify::VerifyContext {
+            now: now(),
+            ..Default::default()
+        },
+    );
+    assert!(
+        verification.node.is_some(),
+        "the device verifier rejects the node: {:?}",
+        verification.report
+    );
     let entry = bundle.release().log_entry().expect("a fresh log entry");
     assert_eq!(entry.log_index, 5, "after the 5 filler entries");
     let configs = bundle.key_configs().entries().to_vec();

@@ -143,6 +143,8 @@ pub struct Fleet {
     pub release_path: PathBuf,
     pub ca: FleetCa,
     pub log: TestLog,
+    /// The release signer's public key (PEM).
+    pub release_signer_pem: String,
 }
 
 /// Writes the config, identity and a signed release measuring `binary`; appends the release
@@ -201,7 +203,8 @@ pub async fn fleet(binary: &Path, extra_config: &str, logged: bool) -> Fleet {
     let arts = measure::expected_artifacts(binary, "node.toml", text.as_bytes(), &resolved.models)
         .unwrap();
     let manifest = measure::manifest("tandem-node test", arts).unwrap();
-    let release = ReleaseSigningKey::generate().sign(manifest);
+    let release_key = ReleaseSigningKey::generate();
+    let release = release_key.sign(manifest);
     if logged {
         log.append(&release.log_entry_body());
         log.append(b"a later entry");
@@ -216,6 +219,21 @@ pub async fn fleet(binary: &Path, extra_config: &str, logged: bool) -> Fleet {
         release_path,
         ca,
         log,
+        release_signer_pem: release_key.public_key().to_pem(),
+    }
+}
+
+impl Fleet {
+    /// A device trust policy for this fleet (no witnesses).
+    pub fn policy(&self) -> tandem_attest::verify::Policy {
+        let v = serde_json::json!({
+            "fleetCaKeys": [self.ca.public_key().to_pem()],
+            "releaseSigners": [self.release_signer_pem],
+            "logKeys": [self.log.vkey()],
+            "requiredWitnesses": 0,
+            "clockSkewSecs": 60,
+        });
+        tandem_attest::verify::Policy::from_json(&serde_json::to_vec(&v).unwrap()).unwrap()
     }
 }
 

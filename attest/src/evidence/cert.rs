@@ -13,7 +13,7 @@
 //! not_after       u64 BE
 //! ```
 
-use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::{
     DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
@@ -49,16 +49,37 @@ impl CertRole {
 pub struct FleetCaKey {
     key: VerifyingKey,
     key_id: String,
+    /// SubjectPublicKeyInfo DER, encoded once for [`verify_p256`].
+    spki_der: Vec<u8>,
+}
+
+/// ECDSA P-256 with SHA-256 over `msg`: `sig` under the key whose SubjectPublicKeyInfo DER is
+/// `spki_der`. Runs on sigstore's verification backend (aws-lc), about ten times faster than
+/// the pure-Rust `p256` arithmetic; same algorithm and acceptance (no low-S rule either way).
+pub(crate) fn verify_p256(spki_der: &[u8], msg: &[u8], sig: &Signature) -> bool {
+    let der = sig.to_der();
+    sigstore::crypto::CosignVerificationKey::ECDSA_P256_SHA256_ASN1(spki_der.to_vec())
+        .verify_signature(sigstore::crypto::Signature::Raw(der.as_bytes()), msg)
+        .is_ok()
 }
 
 impl FleetCaKey {
     /// From a verifying key.
     pub fn new(key: VerifyingKey) -> Self {
-        let key_id = key
+        let spki_der = key
             .to_public_key_der()
-            .map(|d| Sha256Digest::of(d.as_bytes()).hex())
+            .map(|d| d.as_bytes().to_vec())
             .unwrap_or_default();
-        Self { key, key_id }
+        let key_id = if spki_der.is_empty() {
+            String::new()
+        } else {
+            Sha256Digest::of(&spki_der).hex()
+        };
+        Self {
+            key,
+            key_id,
+            spki_der,
+        }
     }
 
     /// From a PEM `PUBLIC KEY`.
@@ -236,7 +257,7 @@ impl FleetCertificate {
             EvidenceError::Certificate("signature is not a valid P-256 (r, s) pair".into())
         })?;
         let tbs = self.tbs();
-        cas.iter().find(|ca| ca.key.verify(&tbs, &sig).is_ok()).ok_or_else(|| {
+        cas.iter().find(|ca| verify_p256(&ca.spki_der, &tbs, &sig)).ok_or_else(|| {
             EvidenceError::Certificate(format!(
                 "certificate for {:?} is not signed by any of the {} fleet CA key(s) in the policy; is the policy's fleetCaKeys list right?",
                 self.subject,

@@ -22,7 +22,7 @@ pub mod tpm_device;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use p256::ecdsa::Signature;
-use p256::ecdsa::signature::Verifier as _;
+use p256::pkcs8::EncodePublicKey as _;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -377,16 +377,18 @@ impl Evidence {
         }
         let sig = Signature::from_slice(sig)
             .map_err(|_| EvidenceError::Signature("not a valid P-256 (r, s) pair".into()))?;
-        self.certificate
+        let spki = self
+            .certificate
             .public_key
-            .verify(&signed, &sig)
-            .map_err(|_| {
-                EvidenceError::Signature(format!(
-                    "{} evidence is not signed by the key certified for {:?}",
-                    self.kind(),
-                    self.certificate.subject
-                ))
-            })?;
+            .to_public_key_der()
+            .map_err(|e| EvidenceError::Key(e.to_string()))?;
+        if !cert::verify_p256(spki.as_bytes(), &signed, &sig) {
+            return Err(EvidenceError::Signature(format!(
+                "{} evidence is not signed by the key certified for {:?}",
+                self.kind(),
+                self.certificate.subject
+            )));
+        }
         Ok(ca)
     }
 

@@ -6,8 +6,8 @@
 
 use crate::digest::Sha256Digest;
 use crate::log::{
-    CheckpointTracker, CosignerKey, LogError, NoteVerifier, Observation, VerifiedCheckpoint,
-    WitnessPolicy, leaf_hash, open_checkpoint as open_note_checkpoint, verify_inclusion,
+    CheckpointTracker, LogError, Observation, VerifiedCheckpoint, leaf_hash,
+    open_checkpoint as open_note_checkpoint, verify_inclusion,
 };
 use crate::release::LogEntry;
 
@@ -86,20 +86,18 @@ pub(crate) fn open_checkpoint(
     policy: &Policy,
     now: Option<u64>,
 ) -> Result<CheckedCheckpoint, String> {
-    let witnesses = policy
-        .witness_keys
-        .iter()
-        .map(|k| CosignerKey::new(k).map_err(|e| format!("policy witnessKeys: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let witness_policy =
-        WitnessPolicy::new(witnesses, policy.required_witnesses).map_err(|e| e.to_string())?;
+    let witness_policy = policy
+        .parsed
+        .witness_policy
+        .as_ref()
+        .map_err(Clone::clone)?;
     let mut last_err = None;
-    for k in &policy.log_keys {
-        let v = NoteVerifier::new(k).map_err(|e| format!("policy logKeys: {e}"))?;
+    for v in &policy.parsed.log_verifiers {
+        let v = v.as_ref().map_err(Clone::clone)?;
         match open_note_checkpoint(
             note.as_bytes(),
-            &v,
-            Some(&witness_policy),
+            v,
+            Some(witness_policy),
             now.map(|n| (n, policy.clock_skew_secs)),
         ) {
             Ok(verified) => {

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::VerifyError;
 use crate::digest::Sha256Digest;
 use crate::evidence::FleetCaKey;
+use crate::log::{CosignerKey, NoteVerifier, WitnessPolicy};
 use crate::release::ReleaseSignerKey;
 
 /// What a release rule is evaluated against: the signer key ids whose signatures verified and
@@ -114,6 +115,34 @@ pub struct Policy {
     pub(crate) required_witnesses: usize,
     pub(crate) max_checkpoint_age_secs: Option<u64>,
     pub(crate) clock_skew_secs: u64,
+    /// `log_keys` and `witness_keys` parsed once (a parse error is reported by the checklist
+    /// step that needs the key, as before), so a verification does no key decoding.
+    pub(crate) parsed: ParsedLogKeys,
+}
+
+/// The policy's log and witness keys, parsed.
+#[derive(Debug, Clone)]
+pub(crate) struct ParsedLogKeys {
+    pub(crate) log_verifiers: Vec<Result<NoteVerifier, String>>,
+    pub(crate) witness_policy: Result<WitnessPolicy, String>,
+}
+
+impl ParsedLogKeys {
+    fn new(log_keys: &[String], witness_keys: &[String], required: usize) -> Self {
+        let log_verifiers = log_keys
+            .iter()
+            .map(|k| NoteVerifier::new(k).map_err(|e| format!("policy logKeys: {e}")))
+            .collect();
+        let witness_policy = witness_keys
+            .iter()
+            .map(|k| CosignerKey::new(k).map_err(|e| format!("policy witnessKeys: {e}")))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|w| WitnessPolicy::new(w, required).map_err(|e| e.to_string()));
+        Self {
+            log_verifiers,
+            witness_policy,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -245,11 +274,13 @@ impl Policy {
         if release_rule.depth() > 8 {
             return Err(invalid("releaseRule is nested more than 8 deep"));
         }
+        let parsed = ParsedLogKeys::new(&log_keys, &witness_keys, required_witnesses);
         Ok(Self {
             fleet_ca_keys,
             release_signers,
             pinned_release_digests,
             release_rule,
+            parsed,
             log_keys,
             witness_keys,
             required_witnesses,

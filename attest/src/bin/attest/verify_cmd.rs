@@ -1,13 +1,15 @@
-//! `attest verify release BUNDLE` and `attest verify node BUNDLE_FILE`: run the verification
-//! checklist and print a per-step report (text or `--json`). Exit code 0 only if every step
-//! passed. (Verifying a node by network address arrives with the node crate; for now pass the
-//! bundle file a node served.)
+//! `attest verify release BUNDLE` and `attest verify node BUNDLE_FILE_OR_NODE_ADDRESS`: run the
+//! verification checklist and print a per-step report (text or `--json`). Exit code 0 only if
+//! every step passed. A node address (`host:port`, `http://host:port`, `https://host:port`)
+//! is asked for its bundle with the `tandem.v1.Node/GetAttestation` RPC; the bytes it answers
+//! are verified exactly like a file's (nothing the node says is trusted).
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Subcommand};
@@ -26,14 +28,19 @@ pub struct VerifyArgs {
 enum VerifyCommand {
     /// Verify a release bundle: signature and signer policy, log inclusion, consistency.
     Release(Common),
-    /// Verify a node attestation bundle file: the full checklist.
+    /// Verify a node attestation bundle (a file, or the address of a running node whose
+    /// `GetAttestation` answer is verified): the full checklist.
     Node(Common),
 }
 
 #[derive(Debug, Args)]
 struct Common {
-    /// The bundle file.
+    /// The bundle file; for `node` also a node's gRPC address (`host:port`,
+    /// `http://host:port` or `https://host:port`) when no such file exists.
     bundle: PathBuf,
+    /// CA certificate (PEM) that signed the node's TLS certificate, for `https://` addresses.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// The policy file (JSON; see `tandem_attest::verify::policy`).
     #[arg(long)]
     policy: PathBuf,
@@ -69,8 +76,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         fs::read(&c.policy).with_context(|| format!("reading policy {}", c.policy.display()))?;
     let policy = Policy::from_json(&policy_bytes)
         .with_context(|| format!("policy {}", c.policy.display()))?;
-    let bundle =
-        fs::read(&c.bundle).with_context(|| format!("reading bundle {}", c.bundle.display()))?;
+    let bundle = load_bundle(&c, is_node)?;
     let now = match c.now {
         Some(n) => n,
         None => std::time::SystemTime::now()
@@ -129,6 +135,83 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// The bundle bytes: the file if it exists; otherwise, for `verify node`, the
+/// `GetAttestation` answer of the node at that address.
+fn load_bundle(c: &Common, is_node: bool) -> Result<Vec<u8>> {
+    if is_node
+        && !c.bundle.exists()
+        && let Some(url) = c.bundle.to_str().and_then(node_url)
+    {
+        return fetch_attestation(&url, c.tls_ca.as_deref());
+    }
+    fs::read(&c.bundle).with_context(|| format!("reading bundle {}", c.bundle.display()))
+}
+
+/// `http(s)://…` as given; `host:port` (numeric port, no path) as `http://host:port`.
+fn node_url(arg: &str) -> Option<String> {
+    if arg.starts_with("http://") || arg.starts_with("https://") {
+        return Some(arg.to_owned());
+    }
+    let (host, port) = arg.rsplit_once(':')?;
+    (!host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok())
+        .then(|| format!("http://{arg}"))
+}
+
+/// Largest attestation document accepted from a node (a bundle is a few KiB).
+const MAX_ATTESTATION_BYTES: usize = 1 << 20;
+
+/// Asks the node at `url` for its attestation bundle (`tandem.v1.Node/GetAttestation`).
+fn fetch_attestation(url: &str, tls_ca: Option<&Path>) -> Result<Vec<u8>> {
+    use tandem_proto::v1::GetAttestationRequest;
+    use tandem_proto::v1::node_client::NodeClient;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+    let ca = tls_ca
+        .map(|p| fs::read_to_string(p).with_context(|| format!("reading TLS CA {}", p.display())))
+        .transpose()?;
+    if url.starts_with("https://") && ca.is_none() {
+        bail!(
+            "{url} uses TLS: pass the CA certificate of the node's TLS certificate with --tls-ca FILE"
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let mut ep = Endpoint::from_shared(url.to_owned())
+            .with_context(|| {
+                format!("{url} is not a node address (host:port or http(s)://host:port)")
+            })?
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30));
+        if let Some(pem) = ca {
+            ep = ep
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .context("TLS configuration")?;
+        }
+        let channel = ep.connect().await.with_context(|| {
+            format!("cannot connect to node {url}; is the address right and the node running?")
+        })?;
+        let answer = NodeClient::new(channel)
+            .max_decoding_message_size(MAX_ATTESTATION_BYTES)
+            .get_attestation(GetAttestationRequest {})
+            .await
+            .map_err(|s| {
+                anyhow::anyhow!(
+                    "node {url} refused GetAttestation: {} ({:?})",
+                    s.message(),
+                    s.code()
+                )
+            })?;
+        let document = answer.into_inner().document;
+        if document.is_empty() {
+            bail!("node {url} answered GetAttestation with an empty document");
+        }
+        Ok(document)
     })
 }
 

@@ -143,3 +143,26 @@ fn config_init_writes_a_loadable_config_and_never_overwrites() {
     let o = tandem(&["ask", "x", "--config", bad.to_str().unwrap()]);
     assert!(stderr(&o).contains("routing.candidates"), "{}", stderr(&o));
 }
+
+#[test]
+fn chat_answers_each_line_locally_and_ends_on_an_empty_line() {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["chat", "--max-tokens", "6", "--temperature", "0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"The king said\nAnd the queen\n\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().filter(|l| !l.is_empty()).count(), 2, "{out}");
+    assert!(stderr(&o).contains("stays on this device"));
+}

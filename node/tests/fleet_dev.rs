@@ -43,10 +43,7 @@ struct Guard(Option<Child>);
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(c) = &mut self.0 {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
+            let _ = tandem_node::dev::send_signal(c.id(), tandem_node::dev::StopSignal::Term);
             let _ = c.wait();
         }
     }
@@ -269,11 +266,7 @@ fn dev_fleet_serves_a_sealed_request_and_stops_cleanly() {
 
     // 5. SIGTERM: dev stops its nodes and exits 0; no process is left.
     let mut child = guard.0.take().unwrap();
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    tandem_node::dev::send_signal(child.id(), tandem_node::dev::StopSignal::Term).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

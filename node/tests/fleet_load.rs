@@ -60,10 +60,7 @@ struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
+        let _ = tandem_node::dev::send_signal(self.0.id(), tandem_node::dev::StopSignal::Term);
         let _ = self.0.wait();
     }
 }

@@ -1000,7 +1000,7 @@ fn the_gateway_process_never_logs_payload_bytes() {
         }
         let metrics_text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
         assert!(metrics_text.contains("tandem_gateway_submit_total{outcome=\"ok\"} 2"), "{metrics_text}");
-        std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        tandem_node::dev::send_signal(child.id(), tandem_node::dev::StopSignal::Term).unwrap();
         let status = child.wait().unwrap();
         assert!(status.success(), "gateway exits 0 on SIGTERM: {status}");
         let mut out = first;

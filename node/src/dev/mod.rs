@@ -532,16 +532,35 @@ fn spawn_node(
     }
 }
 
+/// A signal for [`send_signal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// SIGTERM: drain and exit.
+    Term,
+    /// SIGKILL.
+    Kill,
+}
+
+/// Sends `sig` to process `pid` (Unix; `kill(2)` through rustix, no unsafe code).
+#[cfg(unix)]
+pub fn send_signal(pid: u32, sig: StopSignal) -> std::io::Result<()> {
+    use rustix::process::{Pid, Signal, kill_process};
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other(format!("{pid} is not a process id")))?;
+    let sig = match sig {
+        StopSignal::Term => Signal::TERM,
+        StopSignal::Kill => Signal::KILL,
+    };
+    kill_process(pid, sig).map_err(std::io::Error::from)
+}
+
 /// SIGTERM to every node, then wait up to 10 s each, then SIGKILL.
 fn stop_nodes(nodes: &mut [NodeProcess]) {
+    #[cfg(unix)]
     for n in nodes.iter() {
-        // std has no SIGTERM; `kill(1)` sends it without an unsafe libc call.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(n.child.id().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = send_signal(n.child.id(), StopSignal::Term);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for n in nodes.iter_mut() {

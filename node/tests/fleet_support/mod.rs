@@ -116,21 +116,14 @@ impl DevRun {
 impl Drop for DevRun {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
+            let _ = tandem_node::dev::send_signal(c.id(), tandem_node::dev::StopSignal::Term);
             let _ = c.wait();
         }
     }
 }
 
 pub fn kill9(pid: u32) {
-    Command::new("kill")
-        .arg("-KILL")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    tandem_node::dev::send_signal(pid, tandem_node::dev::StopSignal::Kill).unwrap();
 }
 
 /// The per-file digests a release must list for the model in `dir` (what the device requires).

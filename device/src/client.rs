@@ -160,6 +160,11 @@ impl Client {
     /// Builds a client: pins the models (hashes their files), checks the policy. Loading the
     /// device model waits for the first local request (or [`Client::load_local`]).
     pub fn new(config: Config) -> Result<Client, Error> {
+        Client::with_clock(config, std::sync::Arc::new(crate::remote::unix_now))
+    }
+
+    /// [`Client::new`] with the clock the remote path verifies expiry against.
+    pub fn with_clock(config: Config, clock: crate::remote::Clock) -> Result<Client, Error> {
         config.validate()?;
         let base = default_models_dir();
         let device_dir = config
@@ -188,13 +193,16 @@ impl Client {
             (Some(url), Some(p)) => {
                 let policy = tandem_attest::verify::Policy::from_json(p.to_string().as_bytes())
                     .map_err(|e| ConfigError::invalid("policy", e.to_string()))?;
-                Some(Remote::new(
-                    url.clone(),
-                    config.tls_ca_pem.clone(),
-                    policy,
-                    config.timeouts.clone(),
-                    config.routing.candidates,
-                ))
+                Some(
+                    Remote::new(
+                        url.clone(),
+                        config.tls_ca_pem.clone(),
+                        policy,
+                        config.timeouts.clone(),
+                        config.routing.candidates,
+                    )
+                    .with_clock(clock),
+                )
             }
             (Some(_), None) => {
                 return Err(ConfigError::invalid(

@@ -32,6 +32,10 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The clock the remote path reads (Unix seconds); replaceable for tests and for devices with
+/// a trusted time source.
+pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// One candidate the gateway offered, with its verification report.
 #[derive(Debug, Clone)]
 pub struct CandidateReport {
@@ -83,14 +87,23 @@ pub struct RemoteJob {
 }
 
 /// Connection to a gateway plus the verification cache.
-#[derive(Debug)]
 pub struct Remote {
     url: String,
+    clock: Clock,
     tls_ca_pem: Option<String>,
     timeouts: TimeoutConfig,
     candidates: u32,
     cache: Mutex<VerificationCache>,
     channel: tokio::sync::OnceCell<Channel>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &self.url)
+            .field("candidates", &self.candidates)
+            .finish_non_exhaustive()
+    }
 }
 
 fn digest_hex(d: &[u8; 32]) -> String {
@@ -116,12 +129,19 @@ impl Remote {
     ) -> Remote {
         Remote {
             url,
+            clock: std::sync::Arc::new(unix_now),
             tls_ca_pem,
             timeouts,
             candidates,
             cache: Mutex::new(VerificationCache::new(Verifier::new(policy))),
             channel: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Replaces the clock (verification "now" and the request's creation time).
+    pub fn with_clock(mut self, clock: Clock) -> Remote {
+        self.clock = clock;
+        self
     }
 
     /// The gateway URL.
@@ -175,7 +195,7 @@ impl Remote {
         .map_err(|_| RemoteError::Timeout(self.timeouts.first_chunk(), "waiting for Discover"))?
         .map_err(|s| status("Discover", &s))?
         .into_inner();
-        let now = unix_now();
+        let now = (self.clock)();
         let cx = VerifyContext {
             now,
             known: None,
@@ -248,7 +268,7 @@ impl Remote {
             adapter_id,
             size_bucket: SizeBucket::for_len(body.len()),
         };
-        let (sealed, ctx) = seal_to_verified(&nodes, &routing, unix_now(), &body)?;
+        let (sealed, ctx) = seal_to_verified(&nodes, &routing, (self.clock)(), &body)?;
         let mut gw = GatewayClient::new(self.channel().await?);
         let submit = gw.submit(SubmitRequest {
             sealed_request: sealed,

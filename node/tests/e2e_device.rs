@@ -10,18 +10,15 @@
 
 mod e2e_support;
 
-use std::io::BufRead as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use e2e_support::{greedy, run, start_fleet};
 use prost::Message as _;
 use tandem_device::{
-    Client, Config, Error, Event, GenerateRequest, ModelChoice, RemoteError, Route, RouteChoice,
-    Summary,
+    Client, Error, Event, GenerateRequest, ModelChoice, RemoteError, Route, RouteChoice,
 };
 use tandem_proto::v1::gateway_client::GatewayClient;
 use tandem_proto::v1::gateway_server::{Gateway, GatewayServer};
@@ -273,6 +270,31 @@ async fn device_sdk_against_a_dev_fleet() {
         proxy.submits.load(Ordering::SeqCst),
         submits,
         "nothing was sent: {e}"
+    );
+
+    // 5b. Expired keys: a device whose clock is past every node's key expiry refuses them all at
+    //     the expiry step and sends nothing.
+    let late = Client::with_clock(
+        cfg.clone(),
+        Arc::new(|| tandem_device::remote::unix_now() + 3 * 24 * 3600),
+    )
+    .unwrap();
+    let submits = proxy.submits.load(Ordering::SeqCst);
+    let e = run(&late, greedy("hello", 4, RouteChoice::Remote))
+        .await
+        .expect_err("expired keys");
+    assert!(
+        matches!(e, Error::Remote(RemoteError::NoVerifiedNode(_))),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("expir"),
+        "names the expiry step: {e}"
+    );
+    assert_eq!(
+        proxy.submits.load(Ordering::SeqCst),
+        submits,
+        "nothing was sent"
     );
 
     // 6. Fallback: with a tiny local budget auto routing goes remote; when the gateway refuses

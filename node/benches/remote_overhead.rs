@@ -10,6 +10,8 @@
 
 #[path = "../tests/e2e_support/mod.rs"]
 mod e2e_support;
+#[path = "../tests/fleet_support/mod.rs"]
+mod fleet_support;
 
 use std::time::{Duration, Instant};
 
@@ -30,7 +32,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    let fleet = start_fleet(env!("CARGO_BIN_EXE_tandem-node"));
+    let fleet = start_fleet();
     let client = Client::new(fleet.config.clone()).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

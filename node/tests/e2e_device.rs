@@ -9,8 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod e2e_support;
+mod fleet_support;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -132,8 +132,8 @@ async fn start_proxy(upstream: String) -> (Proxy, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn device_sdk_against_a_dev_fleet() {
-    let fleet = start_fleet(env!("CARGO_BIN_EXE_tandem-node"));
-    assert_eq!(fleet.node_pids.len(), 2);
+    let fleet = start_fleet();
+    assert_eq!(fleet.node_pids().len(), 2);
     let upstream = fleet.config.gateway.clone().unwrap();
     let (proxy, proxy_url) = start_proxy(upstream).await;
     let mut cfg = fleet.config.clone();
@@ -349,10 +349,8 @@ async fn device_sdk_against_a_dev_fleet() {
     let mut events = client.generate(greedy("The king said", 200, RouteChoice::Remote));
     let first = events.next().await.unwrap().unwrap();
     assert!(matches!(first, Event::Text { .. }), "{first:?}");
-    for pid in &fleet.node_pids {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+    for pid in fleet.node_pids() {
+        let _ = tandem_node::dev::send_signal(pid, tandem_node::dev::StopSignal::Kill);
     }
     let mut outcome = None;
     while let Some(ev) = events.next().await {

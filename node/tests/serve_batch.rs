@@ -9,36 +9,6 @@ use std::sync::Arc;
 use serve_support::*;
 use tandem_node::node::{Node, SystemClock};
 
-fn local_tokens(prompt: &str, adapter: bool, max: usize) -> Vec<u32> {
-    let dir = device_model();
-    let dev = tandem_model::Device::Cpu;
-    let m = tandem_model::load_model(&dir, tandem_model::DType::F32, &dev).unwrap();
-    let a = adapter.then(|| {
-        tandem_model::load_adapter(
-            &dir.join("adapters/truecase"),
-            m.model.config(),
-            tandem_model::DType::F32,
-            &dev,
-        )
-        .unwrap()
-    });
-    let ids = m.tokenizer.encode(prompt).unwrap();
-    let params = tandem_model::GenerateParams {
-        max_tokens: max,
-        ..Default::default()
-    };
-    m.model
-        .generate(
-            &m.tokenizer,
-            &ids,
-            a.as_ref().map(|a| &a.adapter),
-            &params,
-            |_| std::ops::ControlFlow::Continue(()),
-        )
-        .unwrap()
-        .tokens
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_requests_match_single_sequence_greedy() {
     let bin_dir = tempfile::tempdir().unwrap();
@@ -96,7 +66,7 @@ async fn batched_requests_match_single_sequence_greedy() {
         assert_eq!(r.completion_tokens as usize, ans.tokens.len());
         assert_eq!(
             ans.tokens,
-            local_tokens(p, adapter, max as usize),
+            local_tokens(p, adapter.then_some("truecase"), max as usize),
             "prompt {p:?}"
         );
     }

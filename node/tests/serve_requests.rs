@@ -73,37 +73,6 @@ impl Running {
     }
 }
 
-/// Greedy generation with the shared model stack, as the device's local path runs it.
-fn local_tokens(prompt: &str, adapter: bool, max: usize) -> Vec<u32> {
-    let dir = device_model();
-    let m = tandem_model::load_model(&dir, tandem_model::DType::F32, &tandem_model::Device::Cpu)
-        .unwrap();
-    let a = adapter.then(|| {
-        tandem_model::load_adapter(
-            &dir.join("adapters/proofread"),
-            m.model.config(),
-            tandem_model::DType::F32,
-            &tandem_model::Device::Cpu,
-        )
-        .unwrap()
-    });
-    let ids = m.tokenizer.encode(prompt).unwrap();
-    let params = tandem_model::GenerateParams {
-        max_tokens: max,
-        ..Default::default()
-    };
-    m.model
-        .generate(
-            &m.tokenizer,
-            &ids,
-            a.as_ref().map(|a| &a.adapter),
-            &params,
-            |_| std::ops::ControlFlow::Continue(()),
-        )
-        .unwrap()
-        .tokens
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_receipt_replay_limits_and_unknown_adapter() {
     let r = start("").await;
@@ -162,7 +131,7 @@ async fn round_trip_receipt_replay_limits_and_unknown_adapter() {
     assert_eq!(receipt.adapter_digest, d.adapter.to_vec());
     assert_eq!(receipt.completion_tokens as usize, ans.tokens.len());
     assert!(receipt.prompt_tokens > 0);
-    assert_eq!(ans.tokens, local_tokens(prompt, true, 12));
+    assert_eq!(ans.tokens, local_tokens(prompt, Some("proofread"), 12));
 
     // The same sealed bytes again: replay.
     let (_, ctx2) = seal(&configs, d.model, None, "x", 1, now());
@@ -172,7 +141,7 @@ async fn round_trip_receipt_replay_limits_and_unknown_adapter() {
     // Base model, no adapter.
     let (sealed, ctx) = seal(&configs, d.model, None, prompt, 6, now());
     let ans = submit(&mut c, sealed, ctx).await.unwrap();
-    assert_eq!(ans.tokens, local_tokens(prompt, false, 6));
+    assert_eq!(ans.tokens, local_tokens(prompt, None, 6));
     assert!(ans.receipt.unwrap().adapter_digest.is_empty());
 
     // Oversize prompt (default limit 64 KiB).

@@ -402,3 +402,35 @@ pub async fn connect(addr: SocketAddr) -> NodeClient<tonic::transport::Channel> 
         .unwrap();
     NodeClient::new(ch)
 }
+
+/// Greedy generation on the embedded device model (with the named adapter) through the shared
+/// model stack, as the device's local path runs it: the tokens a node must reproduce.
+pub fn local_tokens(prompt: &str, adapter: Option<&str>, max: usize) -> Vec<u32> {
+    let dir = device_model();
+    let dev = tandem_model::Device::Cpu;
+    let m = tandem_model::load_model(&dir, tandem_model::DType::F32, &dev).unwrap();
+    let a = adapter.map(|name| {
+        tandem_model::load_adapter(
+            &dir.join("adapters").join(name),
+            m.model.config(),
+            tandem_model::DType::F32,
+            &dev,
+        )
+        .unwrap()
+    });
+    let ids = m.tokenizer.encode(prompt).unwrap();
+    let params = tandem_model::GenerateParams {
+        max_tokens: max,
+        ..Default::default()
+    };
+    m.model
+        .generate(
+            &m.tokenizer,
+            &ids,
+            a.as_ref().map(|a| &a.adapter),
+            &params,
+            |_| std::ops::ControlFlow::Continue(()),
+        )
+        .unwrap()
+        .tokens
+}

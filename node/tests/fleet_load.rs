@@ -16,23 +16,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::BufRead as _;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod fleet_support;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use sha2::{Digest as _, Sha256};
-use tandem_attest::digest::Sha256Digest;
-use tandem_attest::verify::{Policy, Verifier, VerifyContext};
+use tandem_attest::verify::VerifyContext;
 use tandem_proto::v1::gateway_client::GatewayClient;
 use tandem_proto::v1::node_client::NodeClient;
 use tandem_proto::v1::{self, response_event, submit_reply};
 use tandem_proto::{KeyConfig, Limits, RoutingMetadata, SealOptions, SizeBucket, seal_request};
 use tonic::transport::Channel;
+
+use fleet_support::{DevRun, now};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -41,28 +39,12 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = tandem_node::dev::send_signal(self.0.id(), tandem_node::dev::StopSignal::Term);
-        let _ = self.0.wait();
-    }
 }
 
 /// What one request needs: the routing, the body, the recipients.
@@ -241,51 +223,12 @@ fn fleet_load() {
     let big = env_usize("TANDEM_LOAD_REQUESTS", 1000);
     let small = env_usize("TANDEM_LOAD_SMALL", 100);
     let max_tokens = env_usize("TANDEM_LOAD_TOKENS", 16) as u32;
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
-    let dir = tempfile::tempdir().unwrap();
-    let device_config = dir.path().join("device.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-node"))
-        .args(["dev", "--nodes", "2", "--write-config"])
-        .arg(&device_config)
-        .arg("--models")
-        .arg(&models)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _guard = Guard(child);
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut nodes: Vec<(u32, SocketAddr)> = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(300))
-            .expect("dev ready");
-        if line == "ready" {
-            break;
-        }
-        let w: Vec<&str> = line.split_whitespace().collect();
-        if w.first() == Some(&"node") && w.get(2) == Some(&"pid") {
-            nodes.push((w[3].parse().unwrap(), w[5].parse().unwrap()));
-        }
-    }
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&device_config).unwrap()).unwrap();
-    let verifier =
-        Verifier::new(Policy::from_json(&serde_json::to_vec(&cfg["policy"]).unwrap()).unwrap());
-    let device_dir = PathBuf::from(cfg["models"]["device"].as_str().unwrap());
-    let required: Vec<Sha256Digest> = ["config.json", "tokenizer.json", "model.safetensors"]
-        .iter()
-        .map(|f| Sha256Digest(Sha256::digest(std::fs::read(device_dir.join(f)).unwrap()).into()))
-        .collect();
+    let run = DevRun::start(2);
+    let nodes = run.nodes.clone();
+    let cfg = &run.config;
+    let verifier = run.verifier();
+    let device_dir = run.model_dir("device");
+    let required = fleet_support::required(&device_dir);
     let model_digest = tandem_model::model_digest(&device_dir).unwrap();
     let body = v1::InferenceRequest {
         model_digest: model_digest.0.0.to_vec(),

@@ -278,6 +278,15 @@ impl Client {
 
     /// Decides where `req` would run, without running it.
     pub async fn route(&self, req: &GenerateRequest) -> Result<Decision, Error> {
+        let prompt_tokens = self.count_tokens(&req.prompt).await?;
+        self.route_counted(req, prompt_tokens)
+    }
+
+    fn route_counted(
+        &self,
+        req: &GenerateRequest,
+        prompt_tokens: usize,
+    ) -> Result<Decision, Error> {
         let adapter_installed = match (&req.adapter, req.model) {
             (None, _) => true,
             (Some(a), ModelChoice::Device) => self.inner.device.adapters.contains_key(a),
@@ -288,7 +297,7 @@ impl Client {
             model: req.model,
             adapter: req.adapter.as_deref(),
             adapter_installed,
-            prompt_tokens: self.count_tokens(&req.prompt).await?,
+            prompt_tokens,
             max_new_tokens: req.max_new_tokens as usize,
             local_budget: self.inner.config.routing.local_token_budget,
             remote_configured: self.inner.remote.is_some(),
@@ -328,7 +337,8 @@ impl Client {
             .map(|a| pin.adapter(a))
             .transpose()
             .map_err(Error::Route)?;
-        let decision = self.route(&req).await?;
+        let prompt_tokens = self.count_tokens(&req.prompt).await?;
+        let decision = self.route_counted(&req, prompt_tokens)?;
         let sampling = Sampling {
             max_new_tokens: req.max_new_tokens,
             temperature: req.temperature,
@@ -391,8 +401,7 @@ impl Client {
                     && !started
                     && req.model == ModelChoice::Device
                     && adapter.is_none_or(|a| self.inner.device.adapters.contains_key(&a.name))
-                    && self.count_tokens(&req.prompt).await? + req.max_new_tokens as usize
-                        <= self.inner.device_context;
+                    && prompt_tokens + req.max_new_tokens as usize <= self.inner.device_context;
                 if !local_ok {
                     return Err(e.into());
                 }

@@ -133,6 +133,18 @@ pub enum LoadError {
         /// What disagrees.
         reason: String,
     },
+    /// A palletized weights file (see [`crate::pallet`]) is inconsistent: bad metadata, bits
+    /// outside {2, 4, 8}, index or table sizes that do not match the declared shape, a group
+    /// size that does not divide the rows, non-finite table entries, or stray tensors.
+    #[error(
+        "{path}: malformed palletized weights: {reason}; was the file written by `tandem model palletize`?"
+    )]
+    Pallet {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
     /// `tokenizer.json` is missing.
     #[error("{path} is missing; the model directory must contain a Hugging Face tokenizer.json")]
     TokenizerMissing {
@@ -244,6 +256,9 @@ pub enum UsageError {
     /// A sampling parameter is out of range.
     #[error("bad sampling parameter: {0}")]
     Sampling(String),
+    /// Palletization was asked for with parameters it cannot honour (bits, group size, target).
+    #[error("palletization: {0}")]
+    Pallet(String),
     /// A compute dtype other than F32/F16/BF16 was asked for.
     #[error("unsupported compute dtype {0:?}; use f32 or f16")]
     ComputeDtype(candle_core::DType),

@@ -46,6 +46,7 @@ pub mod generate;
 pub mod llama;
 pub mod loader;
 pub mod lora;
+pub mod pallet;
 pub mod sampling;
 pub mod tasks;
 pub mod tokenizer;
@@ -65,5 +66,6 @@ pub use loader::{
     model_digest, model_files,
 };
 pub use lora::{Adapter, AdapterConfig, Target};
+pub use pallet::{Bits, PalletFile, PalletMatrix, PalletPlan};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -20,12 +20,16 @@
 //! * [`Model::forward_train`]: one full causal pass with no cache and only differentiable ops, for
 //!   `candle_core::backprop`.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::Config;
 use crate::error::{Result, UsageError};
 use crate::lora::{Adapter, LayerAdapter, LoraPair, Target};
+use crate::pallet::{PalletMatrix, kernel};
 
 /// Standard deviation of the random init used when a `VarBuilder` creates fresh weights
 /// (transformers' `initializer_range` default for Llama).
@@ -287,21 +291,107 @@ enum Kv<'a> {
 // Layers
 // ---------------------------------------------------------------------------------------------
 
+/// Palletized weights by checkpoint name, handed to [`Model::new_palletized`].
+pub(crate) type Pallets = BTreeMap<String, Arc<PalletMatrix>>;
+
+/// A `[rows, cols]` weight matrix: a dense tensor in the compute dtype, or palletized
+/// ([`crate::pallet`]; multiplied by [`kernel::matmul`] without dequantizing it).
+#[derive(Debug, Clone)]
+pub(crate) enum Weight {
+    Dense(Tensor),
+    Pallet(Arc<PalletMatrix>),
+}
+
+impl Weight {
+    /// Loads `name` (`[rows, cols]`) from `pallets` if it is there, else from `vb`.
+    fn load(
+        vb: &VarBuilder,
+        (rows, cols): (usize, usize),
+        init: Init,
+        pallets: &Pallets,
+    ) -> Result<Self> {
+        let name = format!("{}.weight", vb.prefix());
+        match pallets.get(&name) {
+            Some(p) if (p.rows(), p.cols()) == (rows, cols) => Ok(Weight::Pallet(p.clone())),
+            Some(p) => Err(crate::error::LoadError::WrongShape {
+                name,
+                expected: vec![rows, cols],
+                actual: vec![p.rows(), p.cols()],
+            }
+            .into()),
+            None => Ok(Weight::Dense(vb.get_with_hints(
+                (rows, cols),
+                "weight",
+                init,
+            )?)),
+        }
+    }
+
+    /// `(rows, cols)`.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        match self {
+            Weight::Dense(t) => match t.dims() {
+                [r, c] => (*r, *c),
+                [r] => (*r, 1),
+                _ => (t.elem_count(), 1),
+            },
+            Weight::Pallet(p) => (p.rows(), p.cols()),
+        }
+    }
+
+    /// Bytes held in memory.
+    pub(crate) fn byte_size(&self) -> usize {
+        match self {
+            Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Weight::Pallet(p) => p.byte_size(),
+        }
+    }
+
+    /// Row-major f32 values (dequantized if palletized).
+    pub(crate) fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        match self {
+            Weight::Dense(t) => Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
+            Weight::Pallet(p) => Ok(p.dequantize()),
+        }
+    }
+
+    /// A dense tensor in `dtype` (dequantized if palletized).
+    pub(crate) fn to_dense(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        match self {
+            Weight::Dense(t) => Ok(t.clone()),
+            Weight::Pallet(p) => {
+                Ok(
+                    Tensor::from_vec(p.dequantize(), (p.rows(), p.cols()), device)?
+                        .to_dtype(dtype)?,
+                )
+            }
+        }
+    }
+
+    /// `x Wᵀ` for 2-D `x` `[n, cols]`.
+    fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Weight::Dense(w) => Ok(x.matmul(&w.t()?)?),
+            Weight::Pallet(p) => Ok(kernel::matmul(x, p)?),
+        }
+    }
+}
+
 /// A bias-free linear projection, `y = x Wᵀ`, plus an optional LoRA update.
 #[derive(Debug, Clone)]
 pub(crate) struct Proj {
     /// `[out, in]`, as stored by transformers.
-    pub(crate) weight: Tensor,
+    pub(crate) weight: Weight,
 }
 
 impl Proj {
-    fn load(vb: &VarBuilder, din: usize, dout: usize) -> Result<Self> {
+    fn load(vb: &VarBuilder, din: usize, dout: usize, pallets: &Pallets) -> Result<Self> {
         let init = Init::Randn {
             mean: 0.0,
             stdev: INIT_STD,
         };
         Ok(Proj {
-            weight: vb.get_with_hints((dout, din), "weight", init)?,
+            weight: Weight::load(vb, (dout, din), init, pallets)?,
         })
     }
 
@@ -311,14 +401,14 @@ impl Proj {
         let din = dims[dims.len() - 1];
         let rows = x.elem_count() / din;
         let x2 = x.reshape((rows, din))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = self.weight.matmul_t(&x2)?;
         if let Some(l) = lora {
             let delta = x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
             y = (y + delta.affine(l.scale, 0.0)?)?;
         }
         let mut out = dims;
         let last = out.len() - 1;
-        out[last] = self.weight.dim(0)?;
+        out[last] = self.weight.dims().0;
         Ok(y.reshape(out)?)
     }
 }
@@ -336,10 +426,10 @@ pub(crate) struct Attention {
 }
 
 impl Attention {
-    fn load(vb: &VarBuilder, cfg: &Config) -> Result<Self> {
+    fn load(vb: &VarBuilder, cfg: &Config, pallets: &Pallets) -> Result<Self> {
         let proj = |t: Target, name: &str| {
             let (din, dout) = cfg.projection_dims(t);
-            Proj::load(&vb.pp(name), din, dout)
+            Proj::load(&vb.pp(name), din, dout, pallets)
         };
         Ok(Attention {
             q: proj(Target::Q, "q_proj")?,
@@ -433,10 +523,10 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: &VarBuilder, cfg: &Config) -> Result<Self> {
+    fn load(vb: &VarBuilder, cfg: &Config, pallets: &Pallets) -> Result<Self> {
         let proj = |t: Target, name: &str| {
             let (din, dout) = cfg.projection_dims(t);
-            Proj::load(&vb.pp(name), din, dout)
+            Proj::load(&vb.pp(name), din, dout, pallets)
         };
         Ok(Mlp {
             gate: proj(Target::Gate, "gate_proj")?,
@@ -463,16 +553,16 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
-    fn load(vb: &VarBuilder, cfg: &Config) -> Result<Self> {
+    fn load(vb: &VarBuilder, cfg: &Config, pallets: &Pallets) -> Result<Self> {
         let norm = |name: &str| {
             vb.pp(name)
                 .get_with_hints(cfg.hidden_size, "weight", Init::Const(1.0))
         };
         Ok(Layer {
             input_norm: norm("input_layernorm")?,
-            attn: Attention::load(&vb.pp("self_attn"), cfg)?,
+            attn: Attention::load(&vb.pp("self_attn"), cfg, pallets)?,
             post_norm: norm("post_attention_layernorm")?,
-            mlp: Mlp::load(&vb.pp("mlp"), cfg)?,
+            mlp: Mlp::load(&vb.pp("mlp"), cfg, pallets)?,
         })
     }
 }
@@ -492,11 +582,11 @@ enum Logits {
 #[derive(Debug, Clone)]
 pub struct Model {
     pub(crate) cfg: Config,
-    pub(crate) embed: Tensor,
+    pub(crate) embed: Weight,
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm: Tensor,
     /// `None` when tied to `embed`.
-    pub(crate) lm_head: Option<Tensor>,
+    pub(crate) lm_head: Option<Weight>,
     rope: Rope,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
@@ -508,22 +598,30 @@ impl Model {
     /// the compute dtype. A `VarMap`-backed builder creates trainable weights (random normal
     /// init, std 0.02; norms at 1) for names it does not hold.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Self::new_palletized(cfg, vb, &Pallets::new())
+    }
+
+    /// [`Model::new`] with the weights named in `pallets` taken from there (palletized)
+    /// instead of from `vb`.
+    pub(crate) fn new_palletized(cfg: &Config, vb: VarBuilder, pallets: &Pallets) -> Result<Self> {
         let dtype = vb.dtype();
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
             return Err(UsageError::ComputeDtype(dtype).into());
         }
         let device = vb.device().clone();
         let m = vb.pp("model");
-        let embed = m.pp("embed_tokens").get_with_hints(
+        let randn = Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        };
+        let embed = Weight::load(
+            &m.pp("embed_tokens"),
             (cfg.vocab_size, cfg.hidden_size),
-            "weight",
-            Init::Randn {
-                mean: 0.0,
-                stdev: INIT_STD,
-            },
+            randn,
+            pallets,
         )?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(&m.pp("layers").pp(i), cfg))
+            .map(|i| Layer::load(&m.pp("layers").pp(i), cfg, pallets))
             .collect::<Result<Vec<_>>>()?;
         let norm = m
             .pp("norm")
@@ -531,13 +629,11 @@ impl Model {
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(vb.pp("lm_head").get_with_hints(
+            Some(Weight::load(
+                &vb.pp("lm_head"),
                 (cfg.vocab_size, cfg.hidden_size),
-                "weight",
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: INIT_STD,
-                },
+                randn,
+                pallets,
             )?)
         };
         Ok(Model {
@@ -735,15 +831,93 @@ impl Model {
     fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, seq) = tokens.dims2()?;
         let flat = tokens.flatten_all()?;
-        Ok(self
-            .embed
-            .index_select(&flat, 0)?
-            .reshape((b, seq, self.cfg.hidden_size))?)
+        let h = self.cfg.hidden_size;
+        match &self.embed {
+            Weight::Dense(e) => Ok(e.index_select(&flat, 0)?.reshape((b, seq, h))?),
+            Weight::Pallet(p) => {
+                // Only the looked-up rows are dequantized.
+                let ids = flat.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+                let mut out = vec![0f32; ids.len() * h];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(h)) {
+                    if id as usize >= p.rows() {
+                        return Err(UsageError::TokenOutOfRange {
+                            id,
+                            vocab: p.rows(),
+                        }
+                        .into());
+                    }
+                    p.dequantize_row(id as usize, row);
+                }
+                Ok(Tensor::from_vec(out, (b, seq, h), &self.device)?.to_dtype(self.dtype)?)
+            }
+        }
     }
 
     fn output(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed);
         Proj { weight: w.clone() }.forward(x, None)
+    }
+
+    /// Every weight matrix with its checkpoint name: embedding, projections, untied head.
+    pub(crate) fn weights(&self) -> Vec<(String, &Weight)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed)];
+        for (i, l) in self.layers.iter().enumerate() {
+            for t in Target::ALL {
+                out.push((
+                    format!("model.layers.{i}.{}.weight", t.module_path()),
+                    &l.proj(t).weight,
+                ));
+            }
+        }
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h));
+        }
+        out
+    }
+
+    /// [`Model::weights`], mutable.
+    pub(crate) fn weights_mut(&mut self) -> Vec<(String, &mut Weight)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &mut self.embed)];
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let name = |t: Target| format!("model.layers.{i}.{}.weight", t.module_path());
+            let (a, m) = (&mut l.attn, &mut l.mlp);
+            out.push((name(Target::Q), &mut a.q.weight));
+            out.push((name(Target::K), &mut a.k.weight));
+            out.push((name(Target::V), &mut a.v.weight));
+            out.push((name(Target::O), &mut a.o.weight));
+            out.push((name(Target::Gate), &mut m.gate.weight));
+            out.push((name(Target::Up), &mut m.up.weight));
+            out.push((name(Target::Down), &mut m.down.weight));
+        }
+        if let Some(h) = &mut self.lm_head {
+            out.push(("lm_head.weight".to_string(), h));
+        }
+        out
+    }
+
+    /// Every weight (matrices and norms) as stored: what a palletized checkpoint holds.
+    pub(crate) fn named_weights(&self) -> Vec<(String, Weight)> {
+        let mut out: Vec<(String, Weight)> = self
+            .weights()
+            .into_iter()
+            .map(|(n, w)| (n, w.clone()))
+            .collect();
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                Weight::Dense(l.input_norm.clone()),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                Weight::Dense(l.post_norm.clone()),
+            ));
+        }
+        out.push((
+            "model.norm.weight".to_string(),
+            Weight::Dense(self.norm.clone()),
+        ));
+        out
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
@@ -763,35 +937,23 @@ impl Model {
         Ok(Tensor::from_slice(ids, (1, ids.len()), &self.device)?)
     }
 
-    /// Every weight with its transformers name (tied output projection not repeated).
+    /// Every weight with its transformers name (tied output projection not repeated), as
+    /// dense tensors in the compute dtype: palletized weights are dequantized (their values, not
+    /// the originals they were quantized from).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), l.input_norm.clone()));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                l.post_norm.clone(),
-            ));
-            for t in Target::ALL {
-                out.push((
-                    format!("{p}.{}.weight", t.module_path()),
-                    l.proj(t).weight.clone(),
-                ));
-            }
-        }
-        out.push(("model.norm.weight".to_string(), self.norm.clone()));
-        if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), h.clone()));
-        }
-        out
+        self.named_weights()
+            .into_iter()
+            // Dequantizing cannot fail: a checked `PalletMatrix` has exactly rows·cols values.
+            .filter_map(|(n, w)| w.to_dense(self.dtype, &self.device).ok().map(|t| (n, t)))
+            .collect()
     }
 
-    /// Bytes of all weights in the compute dtype.
+    /// Bytes of all weights as held in memory (compute dtype; palletized weights at their packed
+    /// size).
     pub fn weight_bytes(&self) -> usize {
-        self.named_tensors()
+        self.named_weights()
             .iter()
-            .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+            .map(|(_, w)| w.byte_size())
             .sum()
     }
 
@@ -804,12 +966,15 @@ impl Model {
             for t in Target::ALL {
                 if let Some(l) = adapter.layer(i).get(t) {
                     let p = layer.proj_mut(t);
-                    let w = p.weight.to_dtype(DType::F32)?;
+                    let w = p
+                        .weight
+                        .to_dense(DType::F32, &self.device)?
+                        .to_dtype(DType::F32)?;
                     let delta =
                         l.b.to_dtype(DType::F32)?
                             .matmul(&l.a.to_dtype(DType::F32)?)?
                             .affine(l.scale, 0.0)?;
-                    p.weight = (w + delta)?.to_dtype(self.dtype)?;
+                    p.weight = Weight::Dense((w + delta)?.to_dtype(self.dtype)?);
                 }
             }
         }

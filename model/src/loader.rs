@@ -234,6 +234,38 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
         .iter()
         .map(|p| SafetensorsFile::open(p))
         .collect::<std::result::Result<_, _>>()?;
+    // A palletized checkpoint (one file, marked in its metadata) takes its own path.
+    if files
+        .iter()
+        .any(|f| crate::pallet::format::is_palletized(&f.metadata))
+    {
+        drop(files);
+        if index.is_some() || shards.len() != 1 {
+            return Err(LoadError::Pallet {
+                path: dir.to_owned(),
+                reason: format!(
+                    "a palletized checkpoint is one model.safetensors file, found {} shard(s){}",
+                    shards.len(),
+                    if index.is_some() { " and an index" } else { "" }
+                ),
+            }
+            .into());
+        }
+        let (model, stored_dtypes) = load_palletized(&shards[0], &cfg, dtype, device)?;
+        let file_bytes = shards[0].metadata().map(|m| m.len()).unwrap_or(0);
+        let digest_set = vec![config_path, tok_path, shards[0].clone()];
+        let digest = ModelDigest(digest_files(&digest_set).map_err(|source| LoadError::Io {
+            path: dir.to_owned(),
+            source,
+        })?);
+        return Ok(LoadedModel {
+            model,
+            tokenizer,
+            digest,
+            stored_dtypes,
+            file_bytes,
+        });
+    }
     let mut location: HashMap<String, usize> = HashMap::new();
     let mut available = HashMap::new();
     for (i, f) in files.iter().enumerate() {
@@ -307,6 +339,81 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
         stored_dtypes,
         file_bytes,
     })
+}
+
+/// Reads a palletized `model.safetensors` and builds the model: palletized weights stay packed
+/// (their linear layers run [`crate::pallet::kernel`]); dense ones are converted to `dtype`.
+/// The same presence / shape / no-extra checks as for dense checkpoints apply.
+fn load_palletized(
+    path: &Path,
+    cfg: &Config,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Model, BTreeSet<String>)> {
+    let bytes = read(path)?;
+    let file = crate::pallet::PalletFile::from_bytes(&bytes, path)?;
+    drop(bytes);
+    let expected = cfg.expected_tensors();
+    let mut available = HashMap::new();
+    for (name, m) in &file.matrices {
+        available.insert(
+            name.clone(),
+            (
+                vec![m.rows(), m.cols()],
+                format!("PALLET{}", m.bits().get()),
+                true,
+            ),
+        );
+    }
+    for (name, d) in &file.dense {
+        available.insert(name.clone(), (d.shape.clone(), d.dtype.clone(), true));
+    }
+    check_tensors(&expected, &available)?;
+    let wanted: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    if let Some(name) = available
+        .keys()
+        .filter(|n| !wanted.contains(n.as_str()))
+        .min()
+    {
+        return Err(LoadError::ConfigMismatch {
+            reason: format!(
+                "the palletized checkpoint has tensor `{name}` that config.json does not describe"
+            ),
+        }
+        .into());
+    }
+    let stored: BTreeSet<String> = available.values().map(|(_, d, _)| d.clone()).collect();
+    let mut tensors = HashMap::with_capacity(file.dense.len());
+    for (name, d) in &file.dense {
+        let entry = weights::TensorEntry {
+            dtype: d.dtype.clone(),
+            shape: d.shape.clone(),
+            start: 0,
+            end: d.data.len() as u64,
+        };
+        tensors.insert(
+            name.clone(),
+            weights::tensor_from_bytes(name, &entry, &d.data, dtype, device)?,
+        );
+    }
+    let pallets = file
+        .matrices
+        .into_iter()
+        .map(|(n, m)| (n, std::sync::Arc::new(m)))
+        .collect();
+    let model = Model::new_palletized(
+        cfg,
+        VarBuilder::from_tensors(tensors, dtype, device),
+        &pallets,
+    )?;
+    Ok((model, stored))
+}
+
+/// Writes `config.json` (from `cfg`) and `model.safetensors` (`weights`, already serialized)
+/// into the existing directory `dir`.
+pub(crate) fn write_model_files(cfg: &Config, dir: &Path, weights: &[u8]) -> Result<()> {
+    write(dir.join(CONFIG_FILE), &json_bytes(&cfg.to_hf_json()))?;
+    write(dir.join(WEIGHTS_FILE), weights)
 }
 
 /// Loads a PEFT adapter directory for the base architecture `base`, in `dtype` on `device`.

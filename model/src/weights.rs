@@ -6,7 +6,7 @@
 //! `N`, `N` bytes of JSON `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": …}`,
 //! then the data; offsets are relative to the end of the header.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -18,6 +18,9 @@ use crate::error::LoadError;
 
 /// Largest header accepted (the reference implementation's limit).
 const MAX_HEADER: u64 = 100_000_000;
+
+/// A safetensors header's `__metadata__` (string keys to string values).
+pub type Metadata = BTreeMap<String, String>;
 
 /// One tensor entry of a safetensors header, with absolute file offsets.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +65,16 @@ pub fn parse_header(
     file_len: u64,
     path: &Path,
 ) -> Result<HashMap<String, TensorEntry>, LoadError> {
+    parse_header_with_metadata(prefix, file_len, path).map(|(entries, _)| entries)
+}
+
+/// [`parse_header`], also returning the `__metadata__` map (string to string, as the format
+/// defines it; a non-string value is an error).
+pub fn parse_header_with_metadata(
+    prefix: &[u8],
+    file_len: u64,
+    path: &Path,
+) -> Result<(HashMap<String, TensorEntry>, Metadata), LoadError> {
     let bad = |reason: String| LoadError::Safetensors {
         path: path.to_owned(),
         reason,
@@ -94,8 +107,18 @@ pub fn parse_header(
 
     let mut out = HashMap::with_capacity(obj.len());
     let mut spans = Vec::with_capacity(obj.len());
+    let mut metadata = BTreeMap::new();
     for (name, v) in obj {
         if name == "__metadata__" {
+            let m = v
+                .as_object()
+                .ok_or_else(|| bad("`__metadata__` is not an object".into()))?;
+            for (k, v) in m {
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| bad(format!("`__metadata__.{k}` is not a string")))?;
+                metadata.insert(k.clone(), v.to_string());
+            }
             continue;
         }
         let e = v
@@ -155,7 +178,7 @@ pub fn parse_header(
             )));
         }
     }
-    Ok(out)
+    Ok((out, metadata))
 }
 
 /// Converts raw little-endian bytes of `entry` into a tensor of dtype `to`.
@@ -210,6 +233,8 @@ pub struct SafetensorsFile {
     pub path: PathBuf,
     /// Entries by name.
     pub entries: HashMap<String, TensorEntry>,
+    /// The header's `__metadata__`.
+    pub metadata: BTreeMap<String, String>,
     file: File,
 }
 
@@ -238,10 +263,11 @@ impl SafetensorsFile {
             .take(want - 8)
             .read_to_end(&mut prefix)
             .map_err(io)?;
-        let entries = parse_header(&prefix, file_len, path)?;
+        let (entries, metadata) = parse_header_with_metadata(&prefix, file_len, path)?;
         Ok(SafetensorsFile {
             path: path.to_owned(),
             entries,
+            metadata,
             file,
         })
     }

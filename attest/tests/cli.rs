@@ -479,5 +479,9 @@ fn verify_release_against_a_running_log() {
         "http://127.0.0.1:1",
     ]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("is the log URL right"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("is the log running at http://127.0.0.1:1?"),
+        "{err}"
+    );
 }

@@ -1,103 +1,30 @@
-//! TPM 2.0 root of trust against a real TPM simulator (swtpm), started by this test in socket
-//! mode on a temporary state directory and free loopback ports. Skips (loudly) only when the
+//! TPM 2.0 root of trust against a real TPM simulator (swtpm, started by
+//! `tandem_attest::evidence::swtpm` in socket mode on a temporary state directory and free
+//! loopback ports). Skips (loudly) only when the
 //! `swtpm` binary is absent; CI installs it (`.ci/run` APT_PACKAGES).
 #![cfg(feature = "tpm")]
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
-use std::time::{Duration, Instant};
-
 use tandem_attest::digest::Sha256Digest;
-use tandem_attest::evidence::tpm_device::{TpmRoot, create_attestation_key};
+use tandem_attest::evidence::swtpm::Swtpm;
+use tandem_attest::evidence::tpm_device::{self, TpmRoot, TpmThread, create_attestation_key};
 use tandem_attest::evidence::{
     CertRole, Evidence, EvidenceClaims, EvidenceError, EvidenceProof, FleetCa, RootOfTrust,
 };
-use tss_esapi::{Context, TctiNameConf};
-
-struct Swtpm {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Two consecutive free loopback ports (the swtpm TCTI uses `port` and `port + 1`).
-fn free_port_pair() -> u16 {
-    for _ in 0..200 {
-        let Ok(a) = TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(addr) = a.local_addr() else { continue };
-        let p = addr.port();
-        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no two consecutive free loopback ports");
-}
+use tss_esapi::Context;
 
 fn start_swtpm() -> Option<Swtpm> {
-    let found = Command::new("swtpm")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
+    if !Swtpm::available() {
         eprintln!("\n!!!!!!!! SKIPPING TPM TEST: the `swtpm` binary is not installed !!!!!!!!");
         eprintln!(
             "!!!!!!!! install Debian's swtpm swtpm-tools tpm2-tools libtss2-dev (.ci/run does) !!!!!!!!\n"
         );
         return None;
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    for _attempt in 0..5 {
-        let port = free_port_pair();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", dir.path().display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn swtpm");
-        let mut s = Swtpm {
-            child,
-            port,
-            _dir: tempfile::tempdir().expect("temp dir"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = s.child.try_wait() {
-                break; // port race: try another pair
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && TcpStream::connect(("127.0.0.1", port + 1)).is_ok()
-            {
-                s._dir = dir;
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    panic!("swtpm did not start listening");
+    Some(Swtpm::start().expect("swtpm starts"))
 }
 
 fn context(tpm: &Swtpm) -> Context {
-    let tcti =
-        TctiNameConf::from_str(&format!("swtpm:host=127.0.0.1,port={}", tpm.port)).expect("tcti");
-    Context::new(tcti).expect("connect to swtpm")
+    tpm_device::open(&tpm.tcti()).expect("connect to swtpm")
 }
 
 fn claims(release: Sha256Digest) -> EvidenceClaims {
@@ -185,6 +112,59 @@ fn tpm_quote_binds_release_and_keys() {
         let t = Evidence::from_json(&serde_json::to_vec(&v).expect("json")).expect("parse");
         assert!(t.verify_root(&cas).is_err());
     }
+}
+
+#[test]
+fn tpm_thread_is_shareable_and_the_attestation_key_is_stable() {
+    let Some(tpm) = start_swtpm() else { return };
+    let ak = tpm_device::attestation_key_public(&tpm.tcti()).expect("attestation key");
+    assert_eq!(
+        tpm_device::attestation_key_public(&tpm.tcti()).expect("again"),
+        ak,
+        "a primary key: the same TPM gives the same key every time"
+    );
+    let ca = FleetCa::generate_with_rng(&mut rand_core::OsRng);
+    let cert = ca
+        .certify(
+            CertRole::TpmAttestationKey,
+            "node-tpm-2",
+            &ak,
+            0,
+            u64::MAX / 2,
+        )
+        .expect("certify");
+    let root = TpmThread::start(&tpm.tcti(), cert).expect("root");
+    let release = Sha256Digest::of(b"release manifest");
+    root.measure_release(&release).expect("measure");
+    let mut shared: Box<dyn RootOfTrust + Send> = Box::new(root);
+    let ev = std::thread::spawn(move || shared.attest(&claims(release)))
+        .join()
+        .expect("join")
+        .expect("quote from another thread");
+    ev.verify_root(&[ca.public_key()]).expect("verifies");
+    ev.verify_binding().expect("binds");
+
+    // A certificate for another key is refused when the root starts.
+    let other = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let wrong = ca
+        .certify(
+            CertRole::TpmAttestationKey,
+            "node-tpm-3",
+            other.verifying_key(),
+            0,
+            u64::MAX / 2,
+        )
+        .expect("certify");
+    let e = TpmThread::start(&tpm.tcti(), wrong).expect_err("wrong certificate");
+    assert!(e.to_string().contains("different key"), "{e}");
+    // A TCTI that reaches nothing says what to check.
+    let e = TpmThread::start(
+        "swtpm:host=127.0.0.1,port=1",
+        ca.certify(CertRole::TpmAttestationKey, "n", &ak, 0, u64::MAX / 2)
+            .expect("certify"),
+    )
+    .expect_err("no TPM there");
+    assert!(e.to_string().contains("reachable"), "{e}");
 }
 
 fn retarget_claims(json: &[u8], c: &EvidenceClaims) -> Vec<u8> {

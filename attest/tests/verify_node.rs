@@ -335,6 +335,7 @@ fn policy_file_rules() {
         serde_json::json!({"releaseRule": {"allOf": []}}),
         serde_json::json!({"releaseRule": {"digestIs": Sha256Digest::of(b"x").to_string()}}),
         serde_json::json!({"unknownField": 1}),
+        serde_json::json!({"rootsOfTrust": ["sgx"]}),
     ] {
         assert!(
             Policy::from_json(&f.policy_json(bad.clone())).is_err(),
@@ -345,6 +346,42 @@ fn policy_file_rules() {
     let p = f.policy();
     let again = Policy::from_json(&p.to_json()).unwrap();
     assert_eq!(again.release_rule(), p.release_rule());
+    let tpm_only =
+        Policy::from_json(&f.policy_json(serde_json::json!({"rootsOfTrust": ["tpm2"]}))).unwrap();
+    assert_eq!(tpm_only.roots_of_trust(), ["tpm2"]);
+    assert_eq!(
+        Policy::from_json(&tpm_only.to_json())
+            .unwrap()
+            .roots_of_trust(),
+        ["tpm2"]
+    );
+}
+
+#[test]
+fn a_policy_that_requires_a_tpm_refuses_software_evidence_at_step_1() {
+    let f = Fixture::new();
+    let bytes = f.bundle.to_json();
+    let tpm_only =
+        Policy::from_json(&f.policy_json(serde_json::json!({"rootsOfTrust": ["tpm2"]}))).unwrap();
+    let v = Verifier::new(tpm_only).verify_node(&bytes, &cx(NOW));
+    let failed = v.report.first_failure().expect("refused");
+    assert_eq!(failed.number, 1, "{}", v.report.human());
+    assert!(
+        failed.detail.contains("software root of trust")
+            && failed.detail.contains("accepts only tpm2"),
+        "{}",
+        failed.detail
+    );
+    let either = Policy::from_json(
+        &f.policy_json(serde_json::json!({"rootsOfTrust": ["software", "tpm2"]})),
+    )
+    .unwrap();
+    assert!(
+        Verifier::new(either)
+            .verify_node(&bytes, &cx(NOW))
+            .report
+            .passed()
+    );
 }
 
 #[test]

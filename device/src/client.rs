@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use tandem_model::{AdapterDigest, ModelDigest, Tokenizer};
 use tokio::sync::{OnceCell, mpsc};
 
+use crate::checkpoints::CheckpointBook;
 use crate::config::Config;
 use crate::error::{ConfigError, Error, RemoteError};
 use crate::local::{LocalEngine, Sampling};
@@ -193,16 +194,26 @@ impl Client {
             (Some(url), Some(p)) => {
                 let policy = tandem_attest::verify::Policy::from_json(p.to_string().as_bytes())
                     .map_err(|e| ConfigError::invalid("policy", e.to_string()))?;
-                Some(
-                    Remote::new(
-                        url.clone(),
-                        config.tls_ca_pem.clone(),
-                        policy,
-                        config.timeouts.clone(),
-                        config.routing.candidates,
-                    )
-                    .with_clock(clock),
+                let mut remote = Remote::new(
+                    url.clone(),
+                    config.tls_ca_pem.clone(),
+                    policy.clone(),
+                    config.timeouts.clone(),
+                    config.routing.candidates,
                 )
+                .with_clock(clock)
+                .with_discover_cache(std::time::Duration::from_millis(
+                    config.routing.discover_cache_ms,
+                ));
+                if let Some(log) = &config.log_url {
+                    remote = remote.with_checkpoints(CheckpointBook::open(
+                        policy,
+                        log,
+                        config.checkpoint_file.clone(),
+                        config.timeouts.request(),
+                    )?);
+                }
+                Some(remote)
             }
             (Some(_), None) => {
                 return Err(ConfigError::invalid(

@@ -9,7 +9,9 @@
 //!   "tls_ca_pem": null,
 //!   "policy": { "...": "a tandem-attest verification policy (see `attest verify --help`)" },
 //!   "log_url": "http://127.0.0.1:7001",
-//!   "routing": {"local_token_budget": 256, "fallback_to_local": true, "candidates": 3},
+//!   "checkpoint_file": "checkpoint",
+//!   "routing": {"local_token_budget": 256, "fallback_to_local": true, "candidates": 3,
+//!               "discover_cache_ms": 10000},
 //!   "timeouts": {"connect_ms": 5000, "first_chunk_ms": 60000, "request_ms": 300000}
 //! }
 //! ```
@@ -18,6 +20,12 @@
 //! embedded ones, see [`crate::models::default_models_dir`]). Relative model paths are resolved
 //! against the config file's directory. Unknown fields are ignored, so configs written by newer
 //! fleets still load.
+//!
+//! With `log_url` set, every node's log checkpoint must be consistent with the newest one this
+//! device has verified (see [`crate::checkpoints`]); `checkpoint_file` keeps that checkpoint
+//! across runs (a C2SP signed note; relative to the config file's directory). Without
+//! `checkpoint_file` it is kept for the client's lifetime only; without `log_url` each node's
+//! checkpoint is trusted on first use and the verification report says so.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +44,10 @@ pub struct RoutingConfig {
     pub fallback_to_local: bool,
     /// How many candidate nodes to ask the gateway for (and seal to), 1..=16.
     pub candidates: u32,
+    /// How long the verified candidates of one Discover are reused for later requests for the
+    /// same model and adapter (never past a node's verification expiry; a failed Submit
+    /// discards them and asks again). 0 asks the gateway on every request.
+    pub discover_cache_ms: u64,
 }
 
 impl Default for RoutingConfig {
@@ -44,6 +56,7 @@ impl Default for RoutingConfig {
             local_token_budget: 256,
             fallback_to_local: true,
             candidates: 3,
+            discover_cache_ms: 10_000,
         }
     }
 }
@@ -107,8 +120,11 @@ pub struct Config {
     pub tls_ca_pem: Option<String>,
     /// The trust policy (a tandem-attest policy document, inline).
     pub policy: Option<serde_json::Value>,
-    /// The transparency log's URL (informational; the policy holds its key).
+    /// The transparency log's URL (tlog-tiles read API): where the device fetches consistency
+    /// proofs between node checkpoints and the newest one it knows. The policy holds its key.
     pub log_url: Option<String>,
+    /// Where the newest verified log checkpoint is kept between runs.
+    pub checkpoint_file: Option<PathBuf>,
     /// Routing.
     pub routing: RoutingConfig,
     /// Timeouts.
@@ -124,9 +140,13 @@ impl Config {
         })?;
         let mut c = Config::from_json(&bytes)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for m in [&mut c.models.device, &mut c.models.server]
-            .into_iter()
-            .flatten()
+        for m in [
+            &mut c.models.device,
+            &mut c.models.server,
+            &mut c.checkpoint_file,
+        ]
+        .into_iter()
+        .flatten()
         {
             if m.is_relative() {
                 *m = base.join(&*m);
@@ -155,6 +175,21 @@ impl Config {
             return Err(ConfigError::invalid(
                 "gateway",
                 format!("`{g}` must start with http:// or https://"),
+            ));
+        }
+        if let Some(l) = &self.log_url
+            && !(l.starts_with("http://") || l.starts_with("https://"))
+        {
+            return Err(ConfigError::invalid(
+                "log_url",
+                format!("`{l}` must start with http:// or https://"),
+            ));
+        }
+        if self.checkpoint_file.is_some() && self.log_url.is_none() {
+            return Err(ConfigError::invalid(
+                "checkpoint_file",
+                "is set but `log_url` is not: the device needs the log to check node checkpoints \
+                 against the saved one",
             ));
         }
         if let Some(p) = &self.tls_ca_pem
@@ -214,6 +249,8 @@ mod tests {
             (r#"{"routing":{"candidates":17}}"#, "routing.candidates"),
             (r#"{"timeouts":{"connect_ms":0}}"#, "timeouts.connect_ms"),
             (r#"{"tls_ca_pem":"hello"}"#, "tls_ca_pem"),
+            (r#"{"log_url":"127.0.0.1:7001"}"#, "log_url"),
+            (r#"{"checkpoint_file":"cp"}"#, "checkpoint_file"),
             (
                 r#"{"routing":{"local_token_budget":0}}"#,
                 "routing.local_token_budget",

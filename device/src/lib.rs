@@ -23,9 +23,12 @@
 //! - [`models`]: model and adapter pins (content and per-file digests).
 //! - [`router`]: the local-first routing decision.
 //! - [`local`]: the local engine (the shared model stack, f32, same sampling as nodes).
+//! - [`checkpoints`]: the newest log checkpoint the device has verified; every node's must be
+//!   consistent with it.
 //! - [`remote`]: discover → verify → seal → submit → open → check the receipt.
 //! - [`client`]: [`Client`] and the event stream.
 
+pub mod checkpoints;
 pub mod client;
 pub mod config;
 pub mod error;

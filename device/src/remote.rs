@@ -4,8 +4,9 @@
 //! Sealing takes [`VerifiedNode`] values only (they can be made only by tandem-attest's
 //! verifier), so a request cannot be sealed to a node that did not pass the checklist.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 use tandem_attest::digest::Sha256Digest as FileDigest;
@@ -22,6 +23,7 @@ use tandem_proto::{
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use crate::checkpoints::CheckpointBook;
 use crate::config::TimeoutConfig;
 use crate::error::RemoteError;
 
@@ -94,7 +96,22 @@ pub struct Remote {
     timeouts: TimeoutConfig,
     candidates: u32,
     cache: Mutex<VerificationCache>,
+    checkpoints: Option<CheckpointBook>,
+    discover_ttl: Duration,
+    discovered: Mutex<HashMap<DiscoverKey, Discovered>>,
     channel: tokio::sync::OnceCell<Channel>,
+}
+
+/// (model id, adapter id, required file digests).
+type DiscoverKey = (String, String, Vec<FileDigest>);
+
+/// The verified candidates of one Discover.
+#[derive(Debug, Clone)]
+struct Discovered {
+    at: Instant,
+    /// The earliest `valid_until` of the nodes (Unix seconds).
+    valid_until: u64,
+    nodes: Vec<(String, VerifiedNode)>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -134,8 +151,30 @@ impl Remote {
             timeouts,
             candidates,
             cache: Mutex::new(VerificationCache::new(Verifier::new(policy))),
+            checkpoints: None,
+            discover_ttl: Duration::ZERO,
+            discovered: Mutex::new(HashMap::new()),
             channel: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Reuses the verified candidates of a Discover for `ttl` (see
+    /// [`crate::config::RoutingConfig::discover_cache_ms`]); zero turns reuse off.
+    pub fn with_discover_cache(mut self, ttl: Duration) -> Remote {
+        self.discover_ttl = ttl;
+        self
+    }
+
+    /// Checks every node's log checkpoint against the newest one `book` knows (and advances
+    /// it); without a book, the first checkpoint seen is trusted on each verification.
+    pub fn with_checkpoints(mut self, book: CheckpointBook) -> Remote {
+        self.checkpoints = Some(book);
+        self
+    }
+
+    /// The device's checkpoint book, if the config names a log.
+    pub fn checkpoints(&self) -> Option<&CheckpointBook> {
+        self.checkpoints.as_ref()
     }
 
     /// Replaces the clock (verification "now" and the request's creation time).
@@ -196,38 +235,65 @@ impl Remote {
         .map_err(|s| status("Discover", &s))?
         .into_inner();
         let now = (self.clock)();
-        let cx = VerifyContext {
-            now,
-            known: None,
-            required_digests: required,
-            nonce: None,
-        };
-        let mut cache = self
-            .cache
-            .lock()
-            .map_err(|_| RemoteError::Response("verification cache poisoned".into()))?;
-        Ok(resp
+        // Parse each bundle once: its log entry says which checkpoint it carries (checked by
+        // the verifier), its key configs are what the caller seals to.
+        let parsed: Vec<_> = resp
             .candidates
             .into_iter()
             .map(|c| {
                 let doc = c.attestation.map(|a| a.document).unwrap_or_default();
-                let v = cache.verify_node(&doc, &cx);
-                let key_configs = tandem_attest::attestation::AttestationBundle::from_json(&doc)
-                    .ok()
-                    .map(|b| b.key_configs().bytes().to_vec());
-                CandidateReport {
-                    handle: c.node_handle,
-                    report: v.report,
-                    node: v.node,
-                    key_configs,
-                }
+                let bundle = tandem_attest::attestation::AttestationBundle::from_json(&doc).ok();
+                (c.node_handle, doc, bundle)
             })
-            .collect())
+            .collect();
+        let mut known = Vec::with_capacity(parsed.len());
+        for (_, _, bundle) in &parsed {
+            known.push(match &self.checkpoints {
+                Some(book) => {
+                    book.known_for(bundle.as_ref().and_then(|b| b.release().log_entry()))
+                        .await?
+                }
+                None => None,
+            });
+        }
+        let mut out = Vec::with_capacity(parsed.len());
+        for ((handle, doc, bundle), known) in parsed.into_iter().zip(known) {
+            let cx = VerifyContext {
+                now,
+                known: known.as_ref(),
+                required_digests: required,
+                nonce: None,
+            };
+            let v = self
+                .cache
+                .lock()
+                .map_err(|_| RemoteError::Response("verification cache poisoned".into()))?
+                .verify_node(&doc, &cx);
+            if v.node.is_some()
+                && let (Some(book), Some(entry)) = (
+                    &self.checkpoints,
+                    bundle.as_ref().and_then(|b| b.release().log_entry()),
+                )
+            {
+                book.advance(entry)?;
+            }
+            out.push(CandidateReport {
+                handle,
+                report: v.report,
+                node: v.node,
+                key_configs: bundle.map(|b| b.key_configs().bytes().to_vec()),
+            });
+        }
+        Ok(out)
     }
 
     /// Runs `job` on the verified candidates; `on_delta` gets each text delta. Returns the
     /// verified receipt. `started` is set once the first delta was handed out (after that, a
     /// failure must not fall back to another route).
+    ///
+    /// Candidates come from the Discover cache when it holds fresh ones for this model and
+    /// adapter; if a request to cached candidates fails before the response head, they are
+    /// discarded and the request is sealed again to freshly discovered ones, once.
     pub async fn run(
         &self,
         job: &RemoteJob,
@@ -240,7 +306,47 @@ impl Remote {
             .as_ref()
             .map(digest_hex)
             .unwrap_or_default();
-        let candidates = self.discover(&model_id, &adapter_id, &job.required).await?;
+        let key: DiscoverKey = (model_id, adapter_id, job.required.clone());
+        if let Some(cached) = self.cached_candidates(&key) {
+            let mut head = false;
+            match self
+                .attempt(job, &key, &cached, &mut on_delta, started, &mut head)
+                .await
+            {
+                // Stale candidates (a node left, the gateway restarted): ask again. Not after a
+                // timeout, which would only double the wait.
+                Err(e) if !head && !matches!(e, RemoteError::Timeout(..)) => {
+                    if let Ok(mut d) = self.discovered.lock() {
+                        d.remove(&key);
+                    }
+                }
+                done => return done,
+            }
+        }
+        let verified = self.fresh_candidates(&key).await?;
+        let mut head = false;
+        self.attempt(job, &key, &verified, &mut on_delta, started, &mut head)
+            .await
+    }
+
+    fn cached_candidates(&self, key: &DiscoverKey) -> Option<Vec<(String, VerifiedNode)>> {
+        if self.discover_ttl.is_zero() {
+            return None;
+        }
+        let now = (self.clock)();
+        let d = self.discovered.lock().ok()?;
+        d.get(key)
+            .filter(|c| c.at.elapsed() < self.discover_ttl && now < c.valid_until)
+            .map(|c| c.nodes.clone())
+    }
+
+    /// Discover + verify; the verified candidates, or why none passed.
+    async fn fresh_candidates(
+        &self,
+        key: &DiscoverKey,
+    ) -> Result<Vec<(String, VerifiedNode)>, RemoteError> {
+        let (model_id, adapter_id, required) = key;
+        let candidates = self.discover(model_id, adapter_id, required).await?;
         let mut verified = Vec::new();
         let mut refused = Vec::new();
         for c in candidates {
@@ -261,11 +367,42 @@ impl Remote {
                 refused.join("; ")
             }));
         }
+        if !self.discover_ttl.is_zero()
+            && let Ok(mut d) = self.discovered.lock()
+        {
+            d.insert(
+                key.clone(),
+                Discovered {
+                    at: Instant::now(),
+                    valid_until: verified
+                        .iter()
+                        .map(|(_, n): &(String, VerifiedNode)| n.valid_until())
+                        .min()
+                        .unwrap_or(0),
+                    nodes: verified.clone(),
+                },
+            );
+        }
+        Ok(verified)
+    }
+
+    /// Seals `job` to `verified`, submits it and reads the answer. `head` is set once the
+    /// response head arrived.
+    async fn attempt(
+        &self,
+        job: &RemoteJob,
+        key: &DiscoverKey,
+        verified: &[(String, VerifiedNode)],
+        on_delta: &mut impl FnMut(String, Vec<u32>) -> bool,
+        started: &mut bool,
+        head: &mut bool,
+    ) -> Result<VerifiedReceipt, RemoteError> {
+        let (model_id, adapter_id, _) = key;
         let nodes: Vec<VerifiedNode> = verified.iter().map(|(_, n)| n.clone()).collect();
         let body = job.body.encode_to_vec();
         let routing = RoutingMetadata {
-            model_id,
-            adapter_id,
+            model_id: model_id.clone(),
+            adapter_id: adapter_id.clone(),
             size_bucket: SizeBucket::for_len(body.len()),
         };
         let (sealed, ctx) = seal_to_verified(&nodes, &routing, (self.clock)(), &body)?;
@@ -288,12 +425,13 @@ impl Remote {
             .ok_or_else(|| {
                 RemoteError::Response("the stream ended before the response head".into())
             })?;
-        let Some(submit_reply::Part::Head(head)) = first.part else {
+        let Some(submit_reply::Part::Head(resp_head)) = first.part else {
             return Err(RemoteError::Response(
                 "the first message is not a response head".into(),
             ));
         };
-        let answered = ResponseHead::parse(&head)
+        *head = true;
+        let answered = ResponseHead::parse(&resp_head)
             .map_err(|e| RemoteError::Response(format!("response head: {e}")))?
             .recipient_index;
         let node = nodes
@@ -301,7 +439,7 @@ impl Remote {
             .ok_or_else(|| RemoteError::Response(format!("response names recipient {answered}")))?
             .clone();
         let mut opener = ctx
-            .open_head(&head, Limits::default())
+            .open_head(&resp_head, Limits::default())
             .map_err(|e| RemoteError::Response(format!("response head: {e}")))?;
         let mut tokens = 0u32;
         loop {

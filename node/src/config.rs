@@ -21,7 +21,7 @@
 //! adapters = ["proofread", "truecase"]          # under <dir>/adapters/<name>/ (default: all)
 //!
 //! [root_of_trust]
-//! kind = "software"                             # or "tpm" (not built yet, refused at start)
+//! kind = "software"                             # or "tpm" with tcti = "device:/dev/tpmrm0"
 //!
 //! [limits]
 //! max_prompt_bytes = 65536
@@ -47,6 +47,8 @@ pub const IDENTITY_KEY_FILE: &str = "identity.key.pem";
 /// File name of the fleet certificate of that key inside `--identity DIR` (JSON, see
 /// [`crate::node::identity`]).
 pub const IDENTITY_CERT_FILE: &str = "identity.cert.json";
+/// Fleet certificate of the TPM attestation key (TPM root), in `--identity DIR`.
+pub const AK_CERT_FILE: &str = "ak.cert.json";
 /// File name of the TLS certificate chain inside `--identity DIR` (PEM).
 pub const TLS_CERT_FILE: &str = "tls.cert.pem";
 /// File name of the TLS private key inside `--identity DIR` (PEM).
@@ -168,10 +170,12 @@ pub enum RootOfTrustConfig {
     /// Key and certificate come from `--identity DIR` (`identity.key.pem`,
     /// `identity.cert.json`).
     Software,
-    /// TPM 2.0 quote of PCR 23 (holding the release digest) by a certified attestation key.
-    /// Accepted by the parser so configs can name it; `serve` refuses to start with it for now.
+    /// TPM 2.0 quote of PCR 23 (holding the release digest) by the TPM's attestation key,
+    /// certified by the fleet CA (`ak.cert.json` in `--identity DIR`; `tandem-node tpm-ak`
+    /// prints the key to certify).
     Tpm {
-        /// TSS2 TCTI string, e.g. `swtpm:host=127.0.0.1,port=2321`.
+        /// TSS2 TCTI string, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`;
+        /// `--tpm-tcti` overrides it per node.
         tcti: String,
     },
 }
@@ -474,7 +478,10 @@ impl NodeConfig {
                 key: identity(IDENTITY_KEY_FILE, "--identity")?,
                 cert: identity(IDENTITY_CERT_FILE, "--identity")?,
             },
-            RootOfTrustConfig::Tpm { tcti } => ResolvedRoot::Tpm { tcti: tcti.clone() },
+            RootOfTrustConfig::Tpm { tcti } => ResolvedRoot::Tpm {
+                tcti: overrides.tpm_tcti.clone().unwrap_or_else(|| tcti.clone()),
+                cert: identity(AK_CERT_FILE, "--identity")?,
+            },
         };
         let release_bundle = match &overrides.release_bundle {
             Some(p) => need_file("--release", p.clone())?,
@@ -519,6 +526,8 @@ pub struct Overrides {
     pub tls_key: Option<PathBuf>,
     /// `--release FILE` (overrides `release_bundle`).
     pub release_bundle: Option<PathBuf>,
+    /// `--tpm-tcti TCTI` (overrides `root_of_trust.tcti`).
+    pub tpm_tcti: Option<String>,
 }
 
 /// A model to serve, with absolute paths.
@@ -548,6 +557,8 @@ pub enum ResolvedRoot {
     Tpm {
         /// The TCTI string.
         tcti: String,
+        /// Fleet certificate of the attestation key.
+        cert: PathBuf,
     },
 }
 

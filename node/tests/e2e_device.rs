@@ -39,6 +39,7 @@ struct Proxy {
     mode: Arc<AtomicU8>,
     recorded: Arc<Mutex<Vec<u8>>>,
     submits: Arc<AtomicUsize>,
+    discovers: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -58,6 +59,7 @@ impl Gateway for Proxy {
         &self,
         req: Request<DiscoverRequest>,
     ) -> Result<Response<DiscoverResponse>, Status> {
+        self.discovers.fetch_add(1, Ordering::SeqCst);
         if self.mode.load(Ordering::SeqCst) == REFUSE {
             return Err(Status::unavailable("proxy refuses service"));
         }
@@ -91,6 +93,9 @@ impl Gateway for Proxy {
         req: Request<SubmitRequest>,
     ) -> Result<Response<Self::SubmitStream>, Status> {
         self.submits.fetch_add(1, Ordering::SeqCst);
+        if self.mode.load(Ordering::SeqCst) == REFUSE {
+            return Err(Status::unavailable("proxy refuses service"));
+        }
         let req = req.into_inner();
         self.recorded.lock().unwrap().extend(req.encode_to_vec());
         let mut up = self.upstream().await?;
@@ -117,6 +122,7 @@ async fn start_proxy(upstream: String) -> (Proxy, String) {
         mode: Arc::new(AtomicU8::new(PASS)),
         recorded: Arc::new(Mutex::new(Vec::new())),
         submits: Arc::new(AtomicUsize::new(0)),
+        discovers: Arc::new(AtomicUsize::new(0)),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -213,10 +219,32 @@ async fn device_sdk_against_a_dev_fleet() {
     );
     assert!(!recorded.windows(6).any(|w| w == b"canary"));
 
-    // 4. A tampered attestation is refused with a clear error and nothing is sent.
+    // 3b. Verified candidates are reused: requests right after one that discovered nodes
+    //     for the same model ask the gateway nothing but Submit.
+    let discovers = proxy.discovers.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        run(&client, greedy(canary, 2, RouteChoice::Remote))
+            .await
+            .unwrap();
+    }
+    assert_eq!(proxy.discovers.load(Ordering::SeqCst), discovers);
+
+    // 3c. When the gateway refuses the cached candidates' Submit, the client discards them and
+    //     discovers again (here refused too: the error is Discover's).
+    proxy.mode.store(REFUSE, Ordering::SeqCst);
+    let e = run(&client, greedy(canary, 2, RouteChoice::Remote))
+        .await
+        .expect_err("refused");
+    proxy.mode.store(PASS, Ordering::SeqCst);
+    assert!(e.to_string().contains("Discover failed"), "{e}");
+    assert_eq!(proxy.discovers.load(Ordering::SeqCst), discovers + 1);
+
+    // 4. A tampered attestation is refused with a clear error and nothing is sent (a new
+    //    client: this one would reuse the nodes it verified before the tampering).
     proxy.mode.store(TAMPER_ATTESTATION, Ordering::SeqCst);
     let submits = proxy.submits.load(Ordering::SeqCst);
-    let e = run(&client, greedy("hello", 4, RouteChoice::Remote))
+    let fresh = Client::new(cfg.clone()).unwrap();
+    let e = run(&fresh, greedy("hello", 4, RouteChoice::Remote))
         .await
         .expect_err("tampered attestation");
     assert!(
@@ -291,6 +319,101 @@ async fn device_sdk_against_a_dev_fleet() {
         e.to_string().contains("expir"),
         "names the expiry step: {e}"
     );
+    assert_eq!(
+        proxy.submits.load(Ordering::SeqCst),
+        submits,
+        "nothing was sent"
+    );
+
+    // 5c. Log checkpoints. The device saved the newest checkpoint it verified (trusted on first
+    //     use). A device that already knows a larger checkpoint of the same log accepts the
+    //     nodes' older one with a consistency proof built from the log's tiles; a device that
+    //     knows a forked checkpoint (signed by the log's own key, same size as the nodes', other
+    //     root) refuses every node at step 5, names the equivocation and sends nothing.
+    let cp_file = cfg
+        .checkpoint_file
+        .clone()
+        .expect("dev writes checkpoint_file");
+    let saved = std::fs::read_to_string(&cp_file).expect("the device saved its checkpoint");
+    let node_size: u64 = saved.lines().nth(1).unwrap().parse().unwrap();
+    assert!(node_size >= 1, "{saved}");
+    let log_url = cfg.log_url.clone().unwrap();
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        let r = http
+            .post(format!("{log_url}/add"))
+            .body(format!("unrelated entry {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let grown = http
+        .get(format!("{log_url}/checkpoint"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        grown.lines().nth(1),
+        Some((node_size + 3).to_string().as_str())
+    );
+    let cp_dir = tempfile::tempdir().unwrap();
+    let ahead_file = cp_dir.path().join("ahead");
+    std::fs::write(&ahead_file, &grown).unwrap();
+    let ahead = Client::new(tandem_device::Config {
+        checkpoint_file: Some(ahead_file.clone()),
+        ..cfg.clone()
+    })
+    .unwrap();
+    let (_, _, s, _) = run(&ahead, greedy("hello", 4, RouteChoice::Remote))
+        .await
+        .expect("an older checkpoint consistent with the known one is accepted");
+    assert_eq!(s.route, Route::Remote);
+    assert_eq!(
+        std::fs::read_to_string(&ahead_file).unwrap(),
+        grown,
+        "the newest known checkpoint stays the larger one"
+    );
+    let mut fork = tandem_attest::log::merkle::MemoryTree::new();
+    for i in 0..node_size {
+        fork.push(format!("forged entry {i}").as_bytes());
+    }
+    let forged = tandem_attest::log::note::sign_checkpoint(
+        &tandem_attest::log::Checkpoint::new(
+            tandem_node::dev::LOG_ORIGIN,
+            node_size,
+            fork.root(node_size).unwrap(),
+        ),
+        &fleet.log_signer,
+    )
+    .unwrap();
+    let garbage = cp_dir.path().join("garbage");
+    std::fs::write(&garbage, "not a checkpoint").unwrap();
+    let e = Client::new(tandem_device::Config {
+        checkpoint_file: Some(garbage),
+        ..cfg.clone()
+    })
+    .expect_err("a saved checkpoint that does not verify is a config error");
+    assert!(e.to_string().contains("checkpoint_file"), "{e}");
+    let forked_file = cp_dir.path().join("forked");
+    std::fs::write(&forked_file, &forged).unwrap();
+    let forked = Client::new(tandem_device::Config {
+        checkpoint_file: Some(forked_file),
+        ..cfg.clone()
+    })
+    .unwrap();
+    let submits = proxy.submits.load(Ordering::SeqCst);
+    let e = run(&forked, greedy("hello", 4, RouteChoice::Remote))
+        .await
+        .expect_err("a forked log is refused");
+    assert!(
+        matches!(e, Error::Remote(RemoteError::NoVerifiedNode(_))),
+        "{e}"
+    );
+    assert!(e.to_string().contains("EQUIVOCATION"), "{e}");
     assert_eq!(
         proxy.submits.load(Ordering::SeqCst),
         submits,

@@ -59,7 +59,7 @@ fn killed_nodes_fail_over_before_the_first_message_and_error_after_it() {
             .await
             .expect("the gateway skips the dead node")
             .into_inner();
-        let receipt = read_answer(&mut stream, ctx, |_| {}).await.unwrap();
+        let receipt = read_answer(&mut stream, ctx, |_, _| {}).await.unwrap();
         assert!(receipt.completion_tokens >= 1);
         assert_eq!(
             receipt.release_digest,
@@ -78,7 +78,7 @@ fn killed_nodes_fail_over_before_the_first_message_and_error_after_it() {
             .into_inner();
         let victim = pid_of[1];
         let mut killed_after = None;
-        let end = read_answer(&mut stream, ctx, |n| {
+        let end = read_answer(&mut stream, ctx, |n, _| {
             if killed_after.is_none() {
                 kill9(victim);
                 killed_after = Some(n);
@@ -94,4 +94,36 @@ fn killed_nodes_fail_over_before_the_first_message_and_error_after_it() {
         );
         assert_eq!(killed_after, Some(1));
     });
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its reaper counts as gone).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last ')'.
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sigkilled_dev_takes_its_nodes_with_it() {
+    let mut dev = DevRun::start(1);
+    let nodes: Vec<u32> = dev.nodes.iter().map(|(pid, _)| *pid).collect();
+    assert_eq!(nodes.len(), 1);
+    assert!(nodes.iter().all(|p| alive(*p)));
+    let mut child = dev.child.take().unwrap();
+    kill9(child.id());
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while nodes.iter().any(|p| alive(*p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node(s) still running 30 s after `tandem-node dev` was SIGKILLed: {nodes:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

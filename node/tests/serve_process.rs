@@ -269,3 +269,114 @@ async fn config_is_checked_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--identity"), "{stderr}");
 }
+
+/// A node whose root of trust is a TPM (swtpm, a real TPM 2.0 simulator): enrolled with
+/// `tandem-node tpm-ak`, its attestation key certified by the fleet CA, it serves evidence that
+/// a device policy requiring `tpm2` accepts (the quote covers PCR 23 = the release digest and
+/// the key configs); a policy for software roots only refuses it at step 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_with_a_tpm_root_serves_tpm_evidence() {
+    use base64::Engine as _;
+    use tandem_attest::evidence::swtpm::Swtpm;
+    if !Swtpm::available() {
+        eprintln!(
+            "\n!!!!!!!! SKIPPING TPM NODE TEST: `swtpm` is not installed (.ci/run installs it) !!!!!!!!\n"
+        );
+        return;
+    }
+    let tpm = Swtpm::start().unwrap();
+    let tcti = tpm.tcti();
+    // Enrolment: the AK's public key from the CLI, certified by the fleet CA.
+    let out = Command::new(BIN)
+        .args(["tpm-ak", "--tcti", &tcti, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sec1 = base64::engine::general_purpose::STANDARD
+        .decode(v["public_key_sec1_base64"].as_str().unwrap())
+        .unwrap();
+    let ak = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).unwrap();
+    assert!(
+        v["public_key_pem"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+    let f = fleet_with_root(
+        Path::new(BIN),
+        "",
+        true,
+        "kind = \"tpm\"\ntcti = \"device:/dev/tpmrm0\"",
+        |dir, ca| {
+            let n = now();
+            let cert = ca
+                .certify(
+                    tandem_attest::evidence::CertRole::TpmAttestationKey,
+                    "node-tpm",
+                    &ak,
+                    n - 60,
+                    n + 86400,
+                )
+                .unwrap();
+            tandem_node::node::identity::write_tpm_identity(dir, &cert).unwrap();
+        },
+    )
+    .await;
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = serve_cmd(&f, cwd.path())
+        .arg("--tpm-tcti")
+        .arg(&tcti)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = child.stderr.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let Some(addr) = line.trim().strip_prefix("serving ") else {
+        let _ = child.kill();
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        panic!("no `serving` line ({line:?}); stderr:\n{err}");
+    };
+    let mut c = connect(addr.parse().unwrap()).await;
+    let doc = c
+        .get_attestation(tandem_proto::v1::GetAttestationRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .document;
+    let cx = tandem_attest::verify::VerifyContext {
+        now: now(),
+        ..Default::default()
+    };
+    let tpm_only = f.policy().with_roots_of_trust(vec!["tpm2".into()]).unwrap();
+    let v = tandem_attest::verify::Verifier::new(tpm_only).verify_node(&doc, &cx);
+    assert!(v.report.passed(), "{}", v.report.human());
+    let node = v.node.unwrap();
+    assert_eq!(node.root_of_trust(), "tpm2");
+    assert_eq!(node.release().digest(), f.release.release_digest());
+    let software_only = f
+        .policy()
+        .with_roots_of_trust(vec!["software".into()])
+        .unwrap();
+    let v = tandem_attest::verify::Verifier::new(software_only).verify_node(&doc, &cx);
+    assert_eq!(v.report.first_failure().map(|s| s.number), Some(1));
+    // And it serves: a sealed request to the TPM-attested keys is answered.
+    let d = digests();
+    let configs = key_configs(&mut c).await;
+    let (sealed, ctx) = seal(&configs, d.model, None, "The king said", 4, now());
+    let ans = submit(&mut c, sealed, ctx).await.unwrap();
+    assert!(ans.receipt.is_some(), "{:?}", ans.error);
+    let _ = child.kill();
+    let _ = child.wait();
+}

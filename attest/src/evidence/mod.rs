@@ -15,6 +15,8 @@
 
 pub mod cert;
 pub mod software;
+#[cfg(feature = "tpm")]
+pub mod swtpm;
 pub mod tpm;
 #[cfg(feature = "tpm")]
 pub mod tpm_device;

@@ -8,6 +8,8 @@
 //! [`TpmRoot::measure_release`] resets PCR 23 and extends it with the release digest;
 //! [`RootOfTrust::attest`] quotes PCR 23 with the claims' qualifying data.
 
+use std::str::FromStr as _;
+
 use p256::ecdsa::VerifyingKey;
 use tss_esapi::Context;
 use tss_esapi::attributes::ObjectAttributesBuilder;
@@ -228,5 +230,113 @@ impl RootOfTrust for TpmRoot {
             self.certificate.clone(),
             EvidenceProof::Tpm2 { quote, signature },
         ))
+    }
+}
+
+/// Opens the TPM behind a TSS2 TCTI string: `device:/dev/tpmrm0` on a real node,
+/// `swtpm:host=127.0.0.1,port=2321` against the simulator.
+pub fn open(tcti: &str) -> Result<Context, EvidenceError> {
+    let conf = tss_esapi::TctiNameConf::from_str(tcti).map_err(|e| {
+        EvidenceError::Device(format!(
+            "TCTI {tcti:?} is not a TSS2 TCTI string ({e}); e.g. device:/dev/tpmrm0 or \
+             swtpm:host=127.0.0.1,port=2321"
+        ))
+    })?;
+    Context::new(conf).map_err(|e| {
+        EvidenceError::Device(format!(
+            "cannot open the TPM at {tcti:?}: {e}; is the TPM (or swtpm) there and reachable?"
+        ))
+    })
+}
+
+/// The public half of the node's attestation key on the TPM at `tcti`: what the fleet CA
+/// certifies (as a [`CertRole::TpmAttestationKey`]) when the node is enrolled. The key is a
+/// primary key, derived from the TPM's owner seed and a fixed template, so the same TPM gives
+/// the same key at every start and nothing has to be stored.
+pub fn attestation_key_public(tcti: &str) -> Result<VerifyingKey, EvidenceError> {
+    let mut ctx = open(tcti)?;
+    let (handle, vk) = create_attestation_key(&mut ctx)?;
+    let _ = ctx.flush_context(handle.into());
+    Ok(vk)
+}
+
+type Reply<T> = std::sync::mpsc::Sender<Result<T, EvidenceError>>;
+
+enum Command {
+    Measure(Sha256Digest, Reply<()>),
+    Attest(Box<EvidenceClaims>, Reply<Evidence>),
+}
+
+/// A [`TpmRoot`] on a thread of its own, so that it can be shared between threads (a TSS
+/// context cannot leave the thread that opened it): every call is a message to that thread and
+/// a wait for its answer. The thread ends when this value is dropped.
+#[derive(Debug)]
+pub struct TpmThread {
+    tx: std::sync::mpsc::Sender<Command>,
+}
+
+fn gone() -> EvidenceError {
+    EvidenceError::Device("the TPM thread stopped".into())
+}
+
+impl TpmThread {
+    /// Opens the TPM at `tcti` on a new thread, loads the attestation key and checks that
+    /// `certificate` certifies it.
+    pub fn start(tcti: &str, certificate: FleetCertificate) -> Result<Self, EvidenceError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Command>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), EvidenceError>>();
+        let tcti = tcti.to_owned();
+        std::thread::Builder::new()
+            .name("tpm".into())
+            .spawn(move || {
+                let root = open(&tcti).and_then(|mut ctx| {
+                    let (ak, _) = create_attestation_key(&mut ctx)?;
+                    TpmRoot::new(ctx, ak, certificate)
+                });
+                let mut root = match root {
+                    Ok(r) => {
+                        let _ = ready_tx.send(Ok(()));
+                        r
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for cmd in rx {
+                    match cmd {
+                        Command::Measure(d, reply) => {
+                            let _ = reply.send(root.measure_release(&d));
+                        }
+                        Command::Attest(c, reply) => {
+                            let _ = reply.send(root.attest(&c));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| EvidenceError::Device(format!("starting the TPM thread: {e}")))?;
+        ready_rx.recv().map_err(|_| gone())??;
+        Ok(Self { tx })
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EvidenceError> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.tx.send(make(reply)).map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+
+    /// [`TpmRoot::measure_release`] on the TPM thread.
+    pub fn measure_release(&self, release: &Sha256Digest) -> Result<(), EvidenceError> {
+        self.call(|r| Command::Measure(*release, r))
+    }
+}
+
+impl RootOfTrust for TpmThread {
+    fn kind(&self) -> &'static str {
+        "tpm2"
+    }
+
+    fn attest(&mut self, claims: &EvidenceClaims) -> Result<Evidence, EvidenceError> {
+        self.call(|r| Command::Attest(Box::new(claims.clone()), r))
     }
 }

@@ -2,11 +2,13 @@
 //! C2SP signed notes (Ed25519), C2SP tlog-cosignature witness cosignatures, C2SP tlog-tiles tiles,
 //! and a sans-IO client that tracks checkpoints.
 //!
-//! No I/O here: the `attest log` server and clients in the binary own files and sockets.
+//! No I/O here but [`http`], the one reader of a log over HTTP that every client shares; the
+//! `attest log` server in the binary owns the log's files and sockets.
 
 pub mod checkpoint;
 pub mod client;
 mod error;
+pub mod http;
 pub mod merkle;
 pub mod note;
 pub mod proof;
@@ -15,6 +17,7 @@ pub mod tile;
 pub use checkpoint::Checkpoint;
 pub use client::{CheckpointTracker, Observation};
 pub use error::LogError;
+pub use http::{FetchError, LogReader};
 pub use merkle::{Hash, leaf_hash, node_hash, verify_consistency, verify_inclusion};
 pub use note::{
     CosignerKey, NoteSigner, NoteVerifier, VerifiedCheckpoint, WitnessPolicy, open_checkpoint,

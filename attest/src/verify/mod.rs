@@ -3,9 +3,9 @@
 //! [`Verifier::verify_node`] runs, in this order (the numbers in the report):
 //!
 //! 0. **parse** the bundle bytes into checked structures (no crypto yet);
-//! 1. **root of trust**: the evidence's fleet certificate is signed by a fleet CA in the
-//!    policy, with the role the proof needs, and the proof (signature or TPM quote) is signed by
-//!    the certified key;
+//! 1. **root of trust**: the evidence's kind is one the policy accepts (`rootsOfTrust`, if
+//!    set), its fleet certificate is signed by a fleet CA in the policy, with the role the
+//!    proof needs, and the proof (signature or TPM quote) is signed by the certified key;
 //! 2. **key binding**: the evidence binds the bundle's key configs (SHA-256 of their RFC 9458
 //!    bytes), key expiry and release digest (for a TPM: qualifying data and PCR 23), and the
 //!    nonce the caller asked for, if any;
@@ -279,6 +279,15 @@ impl Verifier {
 
         // 1. Root of trust.
         run.step(1, NODE_STEPS[1], || {
+            let roots = &self.policy.roots_of_trust;
+            if !roots.is_empty() && !roots.iter().any(|k| k == ev.kind()) {
+                return Err(format!(
+                    "evidence is from a {} root of trust but the policy accepts only {}; the node \
+                     does not run on the hardware the policy requires",
+                    ev.kind(),
+                    roots.join(", ")
+                ));
+            }
             ev.verify_root(&self.policy.fleet_ca_keys)
                 .map(|ca| {
                     (

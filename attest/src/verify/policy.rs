@@ -11,11 +11,14 @@
 //!   "witnessKeys":          ["<C2SP cosignature verifier key>"],
 //!   "requiredWitnesses":    0,
 //!   "maxCheckpointAgeSecs": 86400,
-//!   "clockSkewSecs":        60
+//!   "clockSkewSecs":        60,
+//!   "rootsOfTrust":         ["tpm2"]
 //! }
 //! ```
 //!
-//! `pinnedReleaseDigests`, `releaseRule`, `witnessKeys` and `maxCheckpointAgeSecs` are optional.
+//! `pinnedReleaseDigests`, `releaseRule`, `witnessKeys`, `maxCheckpointAgeSecs` and
+//! `rootsOfTrust` are optional. `rootsOfTrust` lists the evidence kinds step 1 accepts
+//! (`software`, `tpm2`); without it every kind signed by a listed fleet CA passes.
 //! Without `releaseRule` the rule is `allOf[anyOf[signedBy each signer], anyOf[digestIs each
 //! pin]]` (the second part only when pins are given).
 
@@ -115,6 +118,8 @@ pub struct Policy {
     pub(crate) required_witnesses: usize,
     pub(crate) max_checkpoint_age_secs: Option<u64>,
     pub(crate) clock_skew_secs: u64,
+    /// Evidence kinds accepted at step 1 (`software`, `tpm2`); empty accepts every kind.
+    pub(crate) roots_of_trust: Vec<String>,
     /// `log_keys` and `witness_keys` parsed once (a parse error is reported by the checklist
     /// step that needs the key, as before), so a verification does no key decoding.
     pub(crate) parsed: ParsedLogKeys,
@@ -162,7 +167,12 @@ struct PolicyWire {
     #[serde(default)]
     max_checkpoint_age_secs: Option<u64>,
     clock_skew_secs: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    roots_of_trust: Vec<String>,
 }
+
+/// Evidence kinds a policy may require (`rootsOfTrust`).
+pub const ROOT_OF_TRUST_KINDS: [&str; 2] = ["software", "tpm2"];
 
 /// Largest accepted clock skew allowance (one hour).
 pub const MAX_CLOCK_SKEW: u64 = 3600;
@@ -202,6 +212,27 @@ impl Policy {
     /// The clock-skew allowance in seconds.
     pub fn clock_skew_secs(&self) -> u64 {
         self.clock_skew_secs
+    }
+
+    /// The evidence kinds accepted at step 1 (empty: every kind).
+    pub fn roots_of_trust(&self) -> &[String] {
+        &self.roots_of_trust
+    }
+
+    /// Accepts node evidence only from these roots of trust (`"software"`, `"tpm2"`), e.g.
+    /// `["tpm2"]` so that only nodes whose release is measured into a TPM pass.
+    pub fn with_roots_of_trust(mut self, kinds: Vec<String>) -> Result<Self, VerifyError> {
+        if let Some(k) = kinds
+            .iter()
+            .find(|k| !ROOT_OF_TRUST_KINDS.contains(&k.as_str()))
+        {
+            return Err(invalid(format!(
+                "rootsOfTrust: unknown kind {k:?}; known kinds are {}",
+                ROOT_OF_TRUST_KINDS.join(", ")
+            )));
+        }
+        self.roots_of_trust = kinds;
+        Ok(self)
     }
 
     /// Builds a policy in code (same checks as the file form).
@@ -286,6 +317,7 @@ impl Policy {
             required_witnesses,
             max_checkpoint_age_secs,
             clock_skew_secs,
+            roots_of_trust: Vec::new(),
         })
     }
 
@@ -305,6 +337,7 @@ impl Policy {
             required_witnesses: self.required_witnesses,
             max_checkpoint_age_secs: self.max_checkpoint_age_secs,
             clock_skew_secs: self.clock_skew_secs,
+            roots_of_trust: self.roots_of_trust.clone(),
         };
         serde_json::to_vec_pretty(&w).unwrap_or_default()
     }
@@ -336,7 +369,8 @@ impl TryFrom<PolicyWire> for Policy {
             w.required_witnesses,
             w.max_checkpoint_age_secs,
             w.clock_skew_secs,
-        )
+        )?
+        .with_roots_of_trust(w.roots_of_trust)
     }
 }
 

@@ -114,6 +114,9 @@ pub struct DevOptions {
     pub write_config: Option<PathBuf>,
     /// How long each node may take to print `serving ADDR`.
     pub node_start_timeout: Duration,
+    /// The log's note signing key (C2SP signed-note private key, as `attest log keygen`
+    /// writes); a fresh one when `None`.
+    pub log_signing_key: Option<String>,
 }
 
 impl DevOptions {
@@ -126,6 +129,7 @@ impl DevOptions {
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             write_config: None,
             node_start_timeout: Duration::from_secs(300),
+            log_signing_key: None,
         }
     }
 }
@@ -219,8 +223,15 @@ impl DevFleet {
         let mut rng = rand::rngs::OsRng;
 
         // 1. Keys.
-        let (log_signer, _skey) = NoteSigner::generate_with_rng(&mut rng, LOG_ORIGIN)
-            .map_err(|e| DevError::Log(e.to_string()))?;
+        let log_signer = match &opts.log_signing_key {
+            Some(skey) => NoteSigner::from_skey(skey.trim())
+                .map_err(|e| DevError::Usage(format!("--log-key: {e}")))?,
+            None => {
+                NoteSigner::generate_with_rng(&mut rng, LOG_ORIGIN)
+                    .map_err(|e| DevError::Log(e.to_string()))?
+                    .0
+            }
+        };
         let log_vkey = log_signer.vkey().to_owned();
         let release_key = ReleaseSigningKey::generate();
         let ca = FleetCa::generate_with_rng(&mut rng);
@@ -391,7 +402,7 @@ impl DevFleet {
             .map_err(|e| setup("building the trust policy")(e.to_string()))?;
         let policy_path = dir.join("policy.json");
         write("writing", &policy_path, &policy_bytes)?;
-        let device_config = serde_json::json!({
+        let mut device_config = serde_json::json!({
             "gateway": format!("http://{gateway_addr}"),
             "tls_ca_pem": null,
             "policy": policy,
@@ -402,6 +413,10 @@ impl DevFleet {
             },
         });
         if let Some(p) = &opts.write_config {
+            // The device keeps the newest log checkpoint it verified beside its config.
+            device_config["checkpoint_file"] = abs(&p.with_extension("checkpoint"))?
+                .to_string_lossy()
+                .into();
             let text = serde_json::to_vec_pretty(&device_config).unwrap_or_default();
             write("writing the device config", p, &text)?;
         }
@@ -465,6 +480,33 @@ async fn append(log_url: &str, entry: Vec<u8>) -> Result<InclusionBundle, DevErr
         .map_err(|e| DevError::Log(format!("the log's answer is not an inclusion bundle: {e}")))
 }
 
+/// Makes the child get SIGTERM when this process dies, however it dies (a SIGKILLed `dev` must
+/// not leave nodes serving). Linux delivers the signal when the *thread* that spawned the child
+/// exits: `dev` spawns nodes from a runtime worker thread, which lives as long as the fleet.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use rustix::process::{Signal, getpid, getppid, set_parent_process_death_signal};
+    use std::os::unix::process::CommandExt as _;
+    let parent = getpid();
+    // SAFETY: the closure runs in the forked child before exec. It only makes two system calls
+    // (prctl, getppid), which are async-signal-safe, and allocates nothing (rustix errors
+    // convert to `io::Error` without allocating).
+    unsafe {
+        cmd.pre_exec(move || {
+            set_parent_process_death_signal(Some(Signal::TERM))?;
+            // The parent died between fork and prctl: the signal will never come.
+            if getppid() != Some(parent) {
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+
 /// Starts one node and waits for its `serving ADDR` line. Its standard error is inherited (the
 /// node logs only allow-listed events); its standard output is drained by a thread.
 fn spawn_node(
@@ -475,7 +517,9 @@ fn spawn_node(
     timeout: Duration,
 ) -> Result<NodeProcess, DevError> {
     let node_err = |reason: String| DevError::Node { index, reason };
-    let mut child = Command::new(binary)
+    let mut cmd = Command::new(binary);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
         .arg("serve")
         .arg("--config")
         .arg(config)

@@ -122,6 +122,45 @@ pub fn load_software_root(key: &Path, cert: &Path) -> Result<SoftwareRoot, NodeE
     })
 }
 
+/// Starts the TPM root: opens the TPM at `tcti` on its own thread, checks that the fleet
+/// certificate in `cert` certifies its attestation key, and measures `release` into PCR 23.
+pub fn load_tpm_root(
+    tcti: &str,
+    cert: &Path,
+    release: &tandem_attest::digest::Sha256Digest,
+) -> Result<tandem_attest::evidence::tpm_device::TpmThread, NodeError> {
+    let cbytes = std::fs::read(cert).map_err(|source| NodeError::Io {
+        path: cert.to_owned(),
+        source,
+    })?;
+    let c = cert_from_json(&cbytes)?;
+    if c.role() != CertRole::TpmAttestationKey {
+        return Err(NodeError::Identity(format!(
+            "{}: the certificate is not for a TPM attestation key (role {:?}); certify the key \
+             `tandem-node tpm-ak` prints",
+            cert.display(),
+            c.role()
+        )));
+    }
+    let root = tandem_attest::evidence::tpm_device::TpmThread::start(tcti, c).map_err(|e| {
+        NodeError::Identity(format!("TPM at {tcti:?} with {}: {e}", cert.display()))
+    })?;
+    root.measure_release(release)
+        .map_err(|e| NodeError::Identity(format!("measuring the release into the TPM: {e}")))?;
+    Ok(root)
+}
+
+/// Writes the TPM attestation key's fleet certificate into an identity directory.
+pub fn write_tpm_identity(dir: &Path, cert: &FleetCertificate) -> Result<(), NodeError> {
+    let io = |path: &Path, source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let cp = dir.join(crate::config::AK_CERT_FILE);
+    std::fs::write(&cp, cert_to_json(cert)).map_err(|e| io(&cp, e))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -2,10 +2,9 @@
 //! the newest checkpoint, signed by the log key, and an RFC 9162 inclusion proof of the
 //! release's log entry built from tiles. No proof, no start.
 
-use tandem_attest::log::merkle;
-use tandem_attest::log::note::{self, VerifiedCheckpoint};
-use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath, TileSet};
-use tandem_attest::log::{InclusionBundle, LogError, NoteVerifier};
+use tandem_attest::log::note::VerifiedCheckpoint;
+use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath};
+use tandem_attest::log::{FetchError, InclusionBundle, LogReader, NoteVerifier};
 use tandem_attest::release::{LogEntry, ReleaseBundle};
 
 use super::NodeError;
@@ -13,10 +12,10 @@ use super::NodeError;
 /// Most entries the node scans when its bundle carries no usable log index.
 const MAX_SCAN: u64 = 1 << 20;
 
-/// A log reader over HTTP.
+/// The node's reader of its log: a [`LogReader`] plus the key its checkpoints are signed with.
 #[derive(Debug, Clone)]
 pub struct LogClient {
-    http: reqwest::Client,
+    reader: LogReader,
     base: String,
     key: NoteVerifier,
 }
@@ -28,16 +27,15 @@ impl LogClient {
             url: base.into(),
             reason: format!("log key: {e}"),
         })?;
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| NodeError::Log {
+        let reader = LogReader::new(base, std::time::Duration::from_secs(30)).map_err(|e| {
+            NodeError::Log {
                 url: base.into(),
-                reason: format!("HTTP client: {e}"),
-            })?;
+                reason: e.to_string(),
+            }
+        })?;
         Ok(Self {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
+            base: reader.base().to_owned(),
+            reader,
             key,
         })
     }
@@ -49,51 +47,20 @@ impl LogClient {
         }
     }
 
+    fn fetch_err(&self, e: FetchError) -> NodeError {
+        self.err(e.to_string())
+    }
+
     async fn get(&self, path: &str) -> Result<Vec<u8>, NodeError> {
-        let u = format!("{}/{path}", self.base);
-        let resp = self
-            .http
-            .get(&u)
-            .send()
-            .await
-            .map_err(|e| self.err(format!("GET {path}: {e}; is the log running?")))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| self.err(format!("GET {path}: {e}")))?;
-        if !status.is_success() {
-            return Err(self.err(format!("GET {path}: HTTP {status}")));
-        }
-        Ok(body.to_vec())
+        self.reader.get(path).await.map_err(|e| self.fetch_err(e))
     }
 
     /// The newest checkpoint, verified with the log key.
     pub async fn checkpoint(&self) -> Result<VerifiedCheckpoint, NodeError> {
-        let b = self.get("checkpoint").await?;
-        note::open_checkpoint(&b, &self.key, None, None)
-            .map_err(|e| self.err(format!("checkpoint rejected: {e}; is log_key right?")))
-    }
-
-    /// Runs `f` over a growing tile set, fetching each tile it asks for (C2SP tlog-tiles).
-    async fn with_tiles<T>(
-        &self,
-        size: u64,
-        f: impl Fn(&TileSet) -> Result<T, LogError>,
-    ) -> Result<T, NodeError> {
-        let mut set = TileSet::new(size);
-        for _ in 0..256 {
-            match f(&set) {
-                Ok(v) => return Ok(v),
-                Err(LogError::MissingTile(t)) => {
-                    let data = self.get(&t.to_path()).await?;
-                    set.insert(t, &data)
-                        .map_err(|e| self.err(format!("tile {}: {e}", t.to_path())))?;
-                }
-                Err(e) => return Err(self.err(e.to_string())),
-            }
-        }
-        Err(self.err("the proof needs more tiles than any tree can"))
+        self.reader
+            .checkpoint(&self.key)
+            .await
+            .map_err(|e| self.fetch_err(e))
     }
 
     async fn prove_at(
@@ -102,11 +69,11 @@ impl LogClient {
         index: u64,
         leaf: &[u8],
     ) -> Result<Option<InclusionBundle>, NodeError> {
-        let size = cp.checkpoint().size;
-        let proof = self
-            .with_tiles(size, |s| merkle::inclusion_proof(s, index, size))
-            .await?;
-        let inc = InclusionBundle::new(index, size, &proof, cp.note_bytes());
+        let inc = self
+            .reader
+            .inclusion(cp, index)
+            .await
+            .map_err(|e| self.fetch_err(e))?;
         Ok(inc
             .verify(leaf, &self.key, None, None)
             .is_ok()

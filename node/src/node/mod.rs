@@ -160,13 +160,11 @@ impl Node {
             ResolvedRoot::Software { key, cert } => {
                 Box::new(identity::load_software_root(key, cert)?)
             }
-            ResolvedRoot::Tpm { .. } => {
-                return Err(NodeError::Identity(
-                    "root_of_trust kind \"tpm\" is not supported by this build of tandem-node \
-                     yet; use kind = \"software\""
-                        .into(),
-                ));
-            }
+            ResolvedRoot::Tpm { tcti, cert } => Box::new(identity::load_tpm_root(
+                tcti,
+                cert,
+                &bundle.release_digest(),
+            )?),
         };
         // 5.
         let release_digest = bundle.release_digest();

@@ -13,6 +13,9 @@ use super::fleet_support::DevRun;
 pub struct Fleet {
     pub run: DevRun,
     pub config: Config,
+    /// The log's signing key (the test made it and passed `--log-key`), to forge checkpoints.
+    pub log_signer: tandem_attest::log::NoteSigner,
+    _key_dir: tempfile::TempDir,
 }
 
 impl Fleet {
@@ -23,10 +26,23 @@ impl Fleet {
 }
 
 pub fn start_fleet() -> Fleet {
-    let run = DevRun::start(2);
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("log.key");
+    let (log_signer, skey) = tandem_attest::log::NoteSigner::generate_with_rng(
+        &mut rand::rngs::OsRng,
+        tandem_node::dev::LOG_ORIGIN,
+    )
+    .unwrap();
+    std::fs::write(&key_file, skey).unwrap();
+    let run = DevRun::start_with(2, &["--log-key".as_ref(), key_file.as_os_str()]);
     let config = Config::from_json(&serde_json::to_vec(&run.config).unwrap())
         .expect("dev writes a valid device config");
-    Fleet { run, config }
+    Fleet {
+        run,
+        config,
+        log_signer,
+        _key_dir: key_dir,
+    }
 }
 
 /// Runs a request to the end: (text, token ids, summary, fallback reason).

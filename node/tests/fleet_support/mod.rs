@@ -41,11 +41,18 @@ pub struct DevRun {
     pub nodes: Vec<(u32, SocketAddr)>,
     /// The device config it wrote.
     pub config: serde_json::Value,
+    /// The trust policy file it printed (in its state directory).
+    pub policy_path: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl DevRun {
     pub fn start(nodes: usize) -> DevRun {
+        DevRun::start_with(nodes, &[])
+    }
+
+    /// Starts `tandem-node dev` with `extra` arguments after the usual ones.
+    pub fn start_with(nodes: usize, extra: &[&std::ffi::OsStr]) -> DevRun {
         let dir = tempfile::tempdir().unwrap();
         let device_config = dir.path().join("device.json");
         let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-node"))
@@ -53,6 +60,7 @@ impl DevRun {
             .arg(&device_config)
             .arg("--models")
             .arg(models_dir())
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -71,6 +79,7 @@ impl DevRun {
             child: Some(child),
             nodes: Vec::new(),
             config: serde_json::Value::Null,
+            policy_path: None,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -85,6 +94,9 @@ impl DevRun {
             if w.first() == Some(&"node") && w.get(2) == Some(&"pid") {
                 run.nodes
                     .push((w[3].parse().unwrap(), w[5].parse().unwrap()));
+            }
+            if let Some(p) = line.strip_prefix("policy ") {
+                run.policy_path = Some(PathBuf::from(p));
             }
         }
         run.config = serde_json::from_slice(&std::fs::read(&device_config).unwrap()).unwrap();
@@ -204,12 +216,12 @@ pub fn seal(
     .unwrap()
 }
 
-/// Reads an answer: calls `on_delta` after each delta (with the count so far); returns the
-/// receipt, or the status the stream ended with.
+/// Reads an answer: calls `on_delta` after each delta (with the count so far and the delta);
+/// returns the receipt, or the status the stream ended with.
 pub async fn read_answer(
     stream: &mut tonic::Streaming<v1::SubmitReply>,
     ctx: ResponseContext,
-    mut on_delta: impl FnMut(usize),
+    mut on_delta: impl FnMut(usize, &v1::TextDelta),
 ) -> Result<v1::Receipt, tonic::Status> {
     let mut ctx = Some(ctx);
     let mut opener = None;
@@ -232,9 +244,9 @@ pub async fn read_answer(
                     .event
                     .unwrap()
                 {
-                    response_event::Event::Delta(_) => {
+                    response_event::Event::Delta(d) => {
                         deltas += 1;
-                        on_delta(deltas);
+                        on_delta(deltas, &d);
                     }
                     response_event::Event::Receipt(r) => receipt = Some(r),
                     response_event::Event::Error(e) => panic!("node error {e:?}"),

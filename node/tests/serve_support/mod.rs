@@ -150,6 +150,26 @@ pub struct Fleet {
 /// Writes the config, identity and a signed release measuring `binary`; appends the release
 /// to the log if `logged`.
 pub async fn fleet(binary: &Path, extra_config: &str, logged: bool) -> Fleet {
+    fleet_with_root(
+        binary,
+        extra_config,
+        logged,
+        "kind = \"software\"",
+        |_, _| {},
+    )
+    .await
+}
+
+/// [`fleet`] with `root` as the body of the config's `[root_of_trust]` table; `identity` may
+/// add files to the identity directory (it gets the directory and the fleet CA).
+pub async fn fleet_with_root(
+    binary: &Path,
+    extra_config: &str,
+    logged: bool,
+    root: &str,
+    identity: impl FnOnce(&Path, &FleetCa),
+) -> Fleet {
+    let add_identity = identity;
     let log = TestLog::start(5).await;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("node.toml");
@@ -157,7 +177,7 @@ pub async fn fleet(binary: &Path, extra_config: &str, logged: bool) -> Fleet {
         "log_url = \"{}\"\nlog_key = \"{}\"\nrelease_bundle = \"release.json\"\n\
          key_lifetime_secs = 3600\n{extra_config}\n\
          [[models]]\ndir = \"{}\"\n\
-         [root_of_trust]\nkind = \"software\"\n",
+         [root_of_trust]\n{root}\n",
         log.url,
         log.vkey(),
         device_model().display(),
@@ -179,6 +199,7 @@ pub async fn fleet(binary: &Path, extra_config: &str, logged: bool) -> Fleet {
         .unwrap();
     let identity = dir.path().join("identity");
     write_software_identity(&identity, &key, &cert).unwrap();
+    add_identity(&identity, &ca);
     // A self-signed TLS certificate for `localhost` (used when the config says `tls = true`).
     let tls = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(identity.join("tls.cert.pem"), tls.cert.pem()).unwrap();

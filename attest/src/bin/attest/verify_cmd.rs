@@ -15,6 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Subcommand};
 use tandem_attest::attestation::AttestationBundle;
 use tandem_attest::digest::Sha256Digest;
+use tandem_attest::log::LogReader;
 use tandem_attest::release::ReleaseBundle;
 use tandem_attest::verify::{KnownCheckpoint, Policy, Report, Verifier, VerifyContext};
 
@@ -253,77 +254,38 @@ fn bundle_tree_size(bundle: &[u8], is_node: bool) -> Option<u64> {
 }
 
 /// Fetches the log's current checkpoint and the consistency proof between it and the bundle's
-/// checkpoint (`GET /checkpoint`, `GET /proof/consistency?old=M&new=N`). Nothing fetched is
-/// trusted: the checkpoint is opened under the policy's log keys and the proof is checked by
-/// the verifier's step 5.
+/// checkpoint, built from the log's tiles (C2SP tlog-tiles). Nothing fetched is trusted: the
+/// checkpoint is opened under the policy's log keys and the proof is checked by the verifier's
+/// step 5.
 fn known_from_log(
     policy: &Policy,
     base: &str,
     bundle: &[u8],
     is_node: bool,
 ) -> Result<KnownCheckpoint> {
-    let base = base.trim_end_matches('/').to_owned();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (note, proof_json) = rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("building the HTTP client")?;
-        let get = |path: String| {
-            let client = client.clone();
-            let url = format!("{base}/{path}");
-            async move {
-                let resp = client
-                    .get(&url)
-                    .send()
-                    .await
-                    .with_context(|| format!("GET {url}; is the log URL right?"))?;
-                let status = resp.status();
-                let body = resp
-                    .bytes()
-                    .await
-                    .with_context(|| format!("reading {url}"))?;
-                if !status.is_success() {
-                    anyhow::bail!("GET {url}: {status}: {}", String::from_utf8_lossy(&body));
-                }
-                anyhow::Ok(body.to_vec())
-            }
-        };
-        let note = String::from_utf8(get("checkpoint".into()).await?)
+    let reader = LogReader::new(base, std::time::Duration::from_secs(30))?;
+    rt.block_on(async {
+        let note = String::from_utf8(reader.get("checkpoint").await?)
             .context("the log's checkpoint is not UTF-8")?;
         let current = KnownCheckpoint::open(policy, &note, Vec::new()).with_context(|| {
-            format!("the checkpoint of {base} does not verify under the policy's log keys")
+            format!(
+                "the checkpoint of {} does not verify under the policy's log keys",
+                reader.base()
+            )
         })?;
         let cur = current.checkpoint.size;
         let proof = match bundle_tree_size(bundle, is_node) {
-            Some(b) if b != cur && b.min(cur) > 0 => Some(
-                get(format!(
-                    "proof/consistency?old={}&new={}",
-                    b.min(cur),
-                    b.max(cur)
-                ))
-                .await?,
-            ),
-            _ => None,
+            Some(b) if b != cur && b.min(cur) > 0 => {
+                reader.consistency_proof(b.min(cur), b.max(cur)).await?
+            }
+            _ => Vec::new(),
         };
-        anyhow::Ok((note, proof))
-    })?;
-    let proof = match proof_json {
-        Some(j) => {
-            let v: serde_json::Value =
-                serde_json::from_slice(&j).context("the log's consistency proof is not JSON")?;
-            let lines: Vec<&str> = v["proof"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
-                .unwrap_or_default();
-            parse_proof_lines(&lines.join("\n")).context("the log's consistency proof")?
-        }
-        None => Vec::new(),
-    };
-    Ok(KnownCheckpoint::open(policy, &note, proof)?)
+        Ok(KnownCheckpoint { proof, ..current })
+    })
 }
 
 /// One standard-base64 SHA-256 hash per non-empty line.

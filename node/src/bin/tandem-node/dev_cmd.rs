@@ -26,6 +26,10 @@ pub struct Args {
     /// Seconds each node may take to load its models and start serving.
     #[arg(long, default_value_t = 300)]
     node_start_timeout: u64,
+    /// Sign the log with this key file (`attest log keygen` writes one) instead of a fresh key,
+    /// e.g. to forge a conflicting checkpoint in a test of the device's fork detection.
+    #[arg(long, value_name = "FILE")]
+    log_key: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -36,6 +40,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     opts.gateway_listen = a.gateway;
     opts.write_config = a.write_config.clone();
     opts.node_start_timeout = Duration::from_secs(a.node_start_timeout);
+    opts.log_signing_key = a
+        .log_key
+        .as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p).with_context(|| format!("reading --log-key {}", p.display()))
+        })
+        .transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

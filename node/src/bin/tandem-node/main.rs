@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod dev_cmd;
 mod gateway_cmd;
 mod serve_cmd;
+mod tpm_cmd;
 
 /// Tandem's server side: stateless compute nodes and the fleet gateway.
 #[derive(Debug, Parser)]
@@ -22,6 +23,8 @@ enum Cmd {
     Gateway(gateway_cmd::Args),
     /// Start a local fleet on loopback: log, signed release, N nodes and a gateway.
     Dev(dev_cmd::Args),
+    /// Print the attestation key of this node's TPM, for the fleet CA to certify.
+    TpmAk(tpm_cmd::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve(a) => serve_cmd::run(a),
         Cmd::Gateway(a) => gateway_cmd::run(a),
         Cmd::Dev(a) => dev_cmd::run(a),
+        Cmd::TpmAk(a) => tpm_cmd::run(a),
     }
 }

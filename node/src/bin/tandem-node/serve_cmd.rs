@@ -21,8 +21,8 @@ pub struct Args {
     /// Address to listen on, e.g. 127.0.0.1:7443 (per node; overrides `listen` in the config).
     #[arg(long)]
     listen: Option<String>,
-    /// Per-node identity directory: identity.key.pem + identity.cert.json (software root),
-    /// tls.cert.pem + tls.key.pem (when the config turns TLS on).
+    /// Per-node identity directory: identity.key.pem + identity.cert.json (software root) or
+    /// ak.cert.json (TPM root), tls.cert.pem + tls.key.pem (when the config turns TLS on).
     #[arg(long)]
     identity: Option<PathBuf>,
     /// TLS certificate chain (PEM); overrides <identity>/tls.cert.pem.
@@ -34,6 +34,9 @@ pub struct Args {
     /// Release bundle; overrides `release_bundle` in the config.
     #[arg(long)]
     release: Option<PathBuf>,
+    /// TSS2 TCTI of this node's TPM (root_of_trust kind "tpm"); overrides the config's `tcti`.
+    #[arg(long, value_name = "TCTI")]
+    tpm_tcti: Option<String>,
     /// Check the config and files, print the resolved config as JSON, and exit without
     /// loading models or binding.
     #[arg(long)]
@@ -51,6 +54,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             tls_cert: a.tls_cert,
             tls_key: a.tls_key,
             release_bundle: a.release,
+            tpm_tcti: a.tpm_tcti,
         },
     )?;
     if a.check {

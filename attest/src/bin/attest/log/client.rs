@@ -6,10 +6,12 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use tandem_attest::log::merkle::{self, MemoryTree};
+use tandem_attest::log::merkle::MemoryTree;
 use tandem_attest::log::note::{self, VerifiedCheckpoint};
-use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath, TileSet};
-use tandem_attest::log::{CheckpointTracker, InclusionBundle, LogError, NoteVerifier, Observation};
+use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath};
+use tandem_attest::log::{
+    CheckpointTracker, InclusionBundle, LogReader, NoteVerifier, Observation,
+};
 
 fn http() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
@@ -22,50 +24,16 @@ fn url(base: &str, path: &str) -> String {
     format!("{}/{}", base.trim_end_matches('/'), path)
 }
 
-async fn get(client: &reqwest::Client, base: &str, path: &str) -> anyhow::Result<Vec<u8>> {
-    let u = url(base, path);
-    let resp = client
-        .get(&u)
-        .send()
-        .await
-        .with_context(|| format!("GET {u}"))?;
-    let status = resp.status();
-    let body = resp.bytes().await.with_context(|| format!("reading {u}"))?;
-    if !status.is_success() {
-        bail!("GET {u}: {status}: {}", String::from_utf8_lossy(&body));
-    }
-    Ok(body.to_vec())
+fn reader(base: &str) -> anyhow::Result<LogReader> {
+    Ok(LogReader::new(base, std::time::Duration::from_secs(60))?)
 }
 
 /// Fetch and verify the current checkpoint.
 pub async fn fetch_checkpoint(
-    client: &reqwest::Client,
-    base: &str,
+    reader: &LogReader,
     log: &NoteVerifier,
 ) -> anyhow::Result<VerifiedCheckpoint> {
-    let b = get(client, base, "checkpoint").await?;
-    note::open_checkpoint(&b, log, None, None).with_context(|| format!("the checkpoint of {base}"))
-}
-
-/// Build a proof from tiles, fetching each missing tile (C2SP tlog-tiles client side).
-async fn with_tiles<T>(
-    client: &reqwest::Client,
-    base: &str,
-    tree_size: u64,
-    f: impl Fn(&TileSet) -> Result<T, LogError>,
-) -> anyhow::Result<T> {
-    let mut set = TileSet::new(tree_size);
-    for _ in 0..256 {
-        match f(&set) {
-            Ok(v) => return Ok(v),
-            Err(LogError::MissingTile(t)) => {
-                let data = get(client, base, &t.to_path()).await?;
-                set.insert(t, &data)?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    bail!("the proof needs more tiles than any tree of size {tree_size} can")
+    Ok(reader.checkpoint(log).await?)
 }
 
 pub async fn append(
@@ -113,8 +81,7 @@ fn load_saved(path: &Path, log: &NoteVerifier) -> anyhow::Result<VerifiedCheckpo
 
 /// Check `current` against a saved checkpoint with a consistency proof built from tiles.
 async fn check_against_saved(
-    client: &reqwest::Client,
-    base: &str,
+    reader: &LogReader,
     saved: &VerifiedCheckpoint,
     current: &VerifiedCheckpoint,
 ) -> anyhow::Result<Observation> {
@@ -123,10 +90,7 @@ async fn check_against_saved(
         None => Vec::new(),
         Some((old, new)) => {
             // The tiles of the larger tree serve both sizes.
-            with_tiles(client, base, new, |s| {
-                merkle::consistency_proof(s, old, new)
-            })
-            .await?
+            reader.consistency_proof(old, new).await?
         }
     };
     Ok(tracker.observe(current, &proof)?)
@@ -139,10 +103,10 @@ pub async fn checkpoint(
     since: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let client = http()?;
-    let cp = fetch_checkpoint(&client, base, log).await?;
+    let reader = reader(base)?;
+    let cp = fetch_checkpoint(&reader, log).await?;
     let observation = match since {
-        Some(p) => Some(check_against_saved(&client, base, &load_saved(p, log)?, &cp).await?),
+        Some(p) => Some(check_against_saved(&reader, &load_saved(p, log)?, &cp).await?),
         None => None,
     };
     if let Some(out) = out {
@@ -180,17 +144,13 @@ pub async fn prove(
     index: u64,
     json: bool,
 ) -> anyhow::Result<()> {
-    let client = http()?;
-    let cp = fetch_checkpoint(&client, base, log).await?;
+    let reader = reader(base)?;
+    let cp = fetch_checkpoint(&reader, log).await?;
     let size = cp.checkpoint().size;
     if index >= size {
         bail!("index {index} is not in the log's checkpoint of size {size}");
     }
-    let proof = with_tiles(&client, base, size, |s| {
-        merkle::inclusion_proof(s, index, size)
-    })
-    .await?;
-    let bundle = InclusionBundle::new(index, size, &proof, cp.note_bytes());
+    let bundle = reader.inclusion(&cp, index).await?;
     bundle
         .verify(entry, log, None, None)
         .with_context(|| format!("entry is not at index {index} of the log"))?;
@@ -209,8 +169,8 @@ pub async fn audit(
     save: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let client = http()?;
-    let cp = fetch_checkpoint(&client, base, log).await?;
+    let reader = reader(base)?;
+    let cp = fetch_checkpoint(&reader, log).await?;
     let size = cp.checkpoint().size;
     let saved = saved.map(|p| load_saved(p, log)).transpose()?;
 
@@ -229,7 +189,7 @@ pub async fn audit(
         let Some(t) = TilePath::for_tree(TileKind::Entries, index, size) else {
             break;
         };
-        let data = get(&client, base, &t.to_path()).await?;
+        let data = reader.get(&t.to_path()).await?;
         let entries = tile::parse_entry_bundle(&data, t.width).with_context(|| t.to_path())?;
         for e in &entries {
             tree.push(e);
@@ -256,7 +216,7 @@ pub async fn audit(
         let TileKind::Hash(level) = t.kind else {
             continue;
         };
-        let served = get(&client, base, &t.to_path()).await?;
+        let served = reader.get(&t.to_path()).await?;
         if served != tile::hash_tile_data(&tree, level, t.index, t.width)? {
             bail!(
                 "tile {} differs from the tree recomputed from the entries",

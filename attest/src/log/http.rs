@@ -1,0 +1,169 @@
+//! Reading a transparency log over HTTP (the C2SP tlog-tiles read API): the signed checkpoint,
+//! tiles, entry bundles, and inclusion and consistency proofs built from tiles on the client.
+//!
+//! One reader for every client of the log: the node proving its own release at start-up, the
+//! device checking that each node's checkpoint extends the newest one it has seen, and the
+//! `attest log` commands. Everything the log answers is untrusted: checkpoints are opened under
+//! the caller's log key, tiles are parsed by [`TileSet::insert`], and the proofs built here are
+//! only ever used through the verifying functions of [`crate::log`].
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::merkle::{self, Hash};
+use super::note::{self, NoteVerifier, VerifiedCheckpoint};
+use super::tile::TileSet;
+use super::{InclusionBundle, LogError};
+
+/// Most tiles one proof may ask for: a proof touches at most two tiles per level.
+const MAX_TILE_FETCHES: usize = 256;
+
+/// Why reading the log failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The log did not answer, or answered with an error status.
+    #[error("GET {url}: {reason}; is the log running at {base}?")]
+    Http {
+        /// The log's base URL.
+        base: String,
+        /// The URL asked for.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The log answered with bytes that do not verify or do not parse.
+    #[error("log {base}: {what}: {source}")]
+    Log {
+        /// The log's base URL.
+        base: String,
+        /// What was being read.
+        what: String,
+        /// The verification or parse failure.
+        #[source]
+        source: Box<LogError>,
+    },
+}
+
+/// A reader of one log.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl LogReader {
+    /// A reader of the log at `base` (`http://` or `https://`), each request bounded by
+    /// `timeout`.
+    pub fn new(base: &str, timeout: Duration) -> Result<Self, FetchError> {
+        let base = base.trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| FetchError::Http {
+                url: base.clone(),
+                base: base.clone(),
+                reason: format!("building the HTTP client: {e}"),
+            })?;
+        Ok(Self { http, base })
+    }
+
+    /// The log's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn log_err(&self, what: impl Into<String>, source: LogError) -> FetchError {
+        FetchError::Log {
+            base: self.base.clone(),
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// `GET {base}/{path}`: the body of a successful answer.
+    pub async fn get(&self, path: &str) -> Result<Vec<u8>, FetchError> {
+        let url = format!("{}/{path}", self.base);
+        let err = |reason: String| FetchError::Http {
+            base: self.base.clone(),
+            url: url.clone(),
+            reason,
+        };
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| err(e.to_string()))?;
+        if !status.is_success() {
+            return Err(err(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            )));
+        }
+        Ok(body.to_vec())
+    }
+
+    /// The log's newest checkpoint, opened under `key`.
+    pub async fn checkpoint(&self, key: &NoteVerifier) -> Result<VerifiedCheckpoint, FetchError> {
+        let b = self.get("checkpoint").await?;
+        note::open_checkpoint(&b, key, None, None)
+            .map_err(|e| self.log_err("checkpoint (is the log key right?)", e))
+    }
+
+    /// Runs `f` over a tile set of a tree of `tree_size` entries, fetching each tile `f` reports
+    /// missing, until `f` succeeds.
+    pub async fn with_tiles<T>(
+        &self,
+        tree_size: u64,
+        f: impl Fn(&TileSet) -> Result<T, LogError>,
+    ) -> Result<T, FetchError> {
+        let mut set = TileSet::new(tree_size);
+        for _ in 0..MAX_TILE_FETCHES {
+            match f(&set) {
+                Ok(v) => return Ok(v),
+                Err(LogError::MissingTile(t)) => {
+                    let path = t.to_path();
+                    let data = self.get(&path).await?;
+                    set.insert(t, &data)
+                        .map_err(|e| self.log_err(format!("tile {path}"), e))?;
+                }
+                Err(e) => return Err(self.log_err(format!("tree of size {tree_size}"), e)),
+            }
+        }
+        Err(self.log_err(
+            format!("tree of size {tree_size}"),
+            LogError::InvalidArgument(format!("a proof needed more than {MAX_TILE_FETCHES} tiles")),
+        ))
+    }
+
+    /// An RFC 9162 consistency proof from the tree of `old` entries to the tree of `new`
+    /// (`old <= new`), built from the larger tree's tiles. Unverified: check it with
+    /// [`crate::log::CheckpointTracker::observe`] or [`merkle::verify_consistency`].
+    pub async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, FetchError> {
+        self.with_tiles(new, |s| merkle::consistency_proof(s, old, new))
+            .await
+    }
+
+    /// An inclusion bundle for leaf `index` under `checkpoint`, built from tiles. Unverified:
+    /// check it with [`InclusionBundle::verify`].
+    pub async fn inclusion(
+        &self,
+        checkpoint: &VerifiedCheckpoint,
+        index: u64,
+    ) -> Result<InclusionBundle, FetchError> {
+        let size = checkpoint.checkpoint().size;
+        let proof = self
+            .with_tiles(size, |s| merkle::inclusion_proof(s, index, size))
+            .await?;
+        Ok(InclusionBundle::new(
+            index,
+            size,
+            &proof,
+            checkpoint.note_bytes(),
+        ))
+    }
+}

@@ -29,7 +29,7 @@ use half::f16;
 use crate::error::UsageError;
 
 pub use format::PalletFile;
-pub use plan::{OpInfo, PalletPlan, allocate_bits};
+pub use plan::{OpInfo, PalletPlan, allocate_bits, sensitivities};
 
 /// Index width of a palletized matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

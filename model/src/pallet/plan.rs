@@ -112,6 +112,32 @@ pub fn allocate_bits(
         .collect())
 }
 
+/// `(operation name, weights, sensitivity)`, the input of [`allocate_bits`].
+pub type OpCost = (String, usize, f64);
+
+/// Sensitivity of every palletizable operation of `model`: the mean next-token loss on
+/// `windows` (see [`crate::train::trainer::eval_loss`]) with only that operation palletized at
+/// 2 bits, minus the loss of `model` itself. Returns the base loss and `(name, weights,
+/// sensitivity)` in model order; `progress` is called after each operation.
+pub fn sensitivities(
+    model: &Model,
+    windows: &[&[u32]],
+    group_size: usize,
+    mut progress: impl FnMut(&str),
+) -> Result<(f64, Vec<OpCost>)> {
+    let base = crate::train::trainer::eval_loss(model, windows, None)?;
+    let mut out = Vec::new();
+    for (name, [r, c]) in model.palletizable_ops() {
+        let mut bits = BTreeMap::new();
+        bits.insert(name.clone(), Bits::B2);
+        let one = model.palletize(&PalletPlan { bits, group_size }, &BTreeMap::new())?;
+        let loss = crate::train::trainer::eval_loss(&one, windows, None)?;
+        progress(&name);
+        out.push((name, r * c, loss - base));
+    }
+    Ok((base, out))
+}
+
 impl Model {
     /// The weights that can be palletized (every projection, the embedding and an untied
     /// output head), with `[rows, cols]`.

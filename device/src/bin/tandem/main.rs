@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod client_cmd;
 mod eval_cmd;
 mod model_cmd;
+mod pallet_cmd;
 mod train_cmd;
 
 /// Generates the `tandem model` subcommand enum from the module list, and its dispatch.
@@ -36,6 +37,7 @@ macro_rules! model_subcommands {
 model_subcommands! {
     model_cmd::Cmd => Inference,
     train_cmd::Cmd => Training,
+    pallet_cmd::Cmd => Palletization,
 }
 
 /// Tandem: private split inference.

@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 const PASS: u8 = 0;
 const TAMPER_ATTESTATION: u8 = 1;
 const REFUSE: u8 = 2;
+const TAMPER_INCLUSION: u8 = 3;
 
 /// A gateway in the middle: forwards to the real one, keeps every byte, counts Submits.
 #[derive(Clone)]
@@ -67,6 +68,20 @@ impl Gateway for Proxy {
         self.recorded.lock().unwrap().extend(req.encode_to_vec());
         let mut up = self.upstream().await?;
         let mut resp = up.discover(req).await?.into_inner();
+        if self.mode.load(Ordering::SeqCst) == TAMPER_INCLUSION {
+            // One hash more in each release's inclusion proof: the release is no longer shown
+            // to be in the log (nothing else about the node changes).
+            for c in &mut resp.candidates {
+                let doc = &mut c.attestation.as_mut().unwrap().document;
+                let mut v: serde_json::Value = serde_json::from_slice(doc).unwrap();
+                v["releaseBundle"]["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]
+                    ["hashes"]
+                    .as_array_mut()
+                    .expect("inclusion proof hashes")
+                    .push("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into());
+                *doc = serde_json::to_vec(&v).unwrap();
+            }
+        }
         if self.mode.load(Ordering::SeqCst) == TAMPER_ATTESTATION {
             for c in &mut resp.candidates {
                 let doc = &mut c.attestation.as_mut().unwrap().document;
@@ -258,6 +273,32 @@ async fn device_sdk_against_a_dev_fleet() {
         "nothing was sent"
     );
     proxy.mode.store(PASS, Ordering::SeqCst);
+
+    // 4b. A node whose release is not shown to be in the log is refused at the inclusion step,
+    //     with the release and checkpoint named, and nothing is sent.
+    proxy.mode.store(TAMPER_INCLUSION, Ordering::SeqCst);
+    let submits = proxy.submits.load(Ordering::SeqCst);
+    let e = run(
+        &Client::new(cfg.clone()).unwrap(),
+        greedy("hello", 4, RouteChoice::Remote),
+    )
+    .await
+    .expect_err("release not in the log");
+    proxy.mode.store(PASS, Ordering::SeqCst);
+    assert!(
+        matches!(e, Error::Remote(RemoteError::NoVerifiedNode(_))),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("is not in the log at checkpoint") && msg.contains("release sha256:"),
+        "{msg}"
+    );
+    assert_eq!(
+        proxy.submits.load(Ordering::SeqCst),
+        submits,
+        "nothing was sent"
+    );
 
     // 5. A node serving a different adapter (the device holds other adapter bytes): no
     //    candidate passes the required-digest step; nothing is sent.
@@ -466,6 +507,34 @@ async fn device_sdk_against_a_dev_fleet() {
         "200 remote requests, 8 concurrent: {:.1} s",
         started.elapsed().as_secs_f64()
     );
+
+    // 7b. Dropping the event stream cancels the remote call: the gateway counts a cancelled
+    //     Submit (its call to the node is dropped with it).
+    let metrics = fleet
+        .run
+        .metrics_url
+        .clone()
+        .expect("dev prints the metrics URL");
+    let cancelled = || async {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find(|l| l.starts_with("tandem_gateway_submit_total{outcome=\"cancelled\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .expect("the cancelled-Submit counter")
+    };
+    let before = cancelled().await;
+    let mut events = client.generate(greedy("The king said", 200, RouteChoice::Remote));
+    let first = events.next().await.unwrap().unwrap();
+    assert!(matches!(first, Event::Text { .. }), "{first:?}");
+    drop(events);
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while cancelled().await == before {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never saw the dropped stream's Submit cancelled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // 8. Every node killed mid-stream: the device gets an error, never a short answer that
     //    looks complete.

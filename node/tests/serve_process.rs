@@ -70,14 +70,18 @@ async fn node_with_a_tampered_config_refuses_to_start() {
     );
 }
 
-/// Every file under `dirs`: size and modification time.
+/// Every file under `dirs`: size and modification time. Entries that vanish while it walks
+/// (other tests' temporary files) are skipped.
 fn snapshot(dirs: &[PathBuf]) -> BTreeMap<PathBuf, (u64, SystemTime)> {
     let mut out = BTreeMap::new();
     let mut stack: Vec<PathBuf> = dirs.to_vec();
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let Ok(e) = e else { continue };
+            let Ok(m) = e.metadata() else { continue };
             if m.is_dir() {
                 stack.push(e.path());
             }
@@ -301,29 +305,38 @@ async fn node_with_a_tpm_root_serves_tpm_evidence() {
         .decode(v["public_key_sec1_base64"].as_str().unwrap())
         .unwrap();
     let ak = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).unwrap();
-    assert!(
-        v["public_key_pem"]
-            .as_str()
-            .unwrap()
-            .starts_with("-----BEGIN PUBLIC KEY-----")
+    let pem = Command::new(BIN)
+        .args(["tpm-ak", "--tcti", &tcti])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        p256::pkcs8::DecodePublicKey::from_public_key_pem(std::str::from_utf8(&pem).unwrap()).ok(),
+        Some(ak),
+        "the PEM and the JSON name the same key"
     );
+    let work = tempfile::tempdir().unwrap();
+    let ak_path = work.path().join("ak.pem");
+    std::fs::write(&ak_path, &pem).unwrap();
+    // The fleet CA certifies it with `tandem-node ca certify-tpm`.
     let f = fleet_with_root(
         Path::new(BIN),
         "",
         true,
         "kind = \"tpm\"\ntcti = \"device:/dev/tpmrm0\"",
         |dir, ca| {
-            let n = now();
-            let cert = ca
-                .certify(
-                    tandem_attest::evidence::CertRole::TpmAttestationKey,
-                    "node-tpm",
-                    &ak,
-                    n - 60,
-                    n + 86400,
-                )
+            let ca_key = work.path().join("ca.key.pem");
+            std::fs::write(&ca_key, ca.to_pkcs8_pem().unwrap()).unwrap();
+            let o = Command::new(BIN)
+                .args(["ca", "certify-tpm", "--subject", "node-tpm", "--ca-key"])
+                .arg(&ca_key)
+                .arg("--ak")
+                .arg(&ak_path)
+                .arg("--out")
+                .arg(dir)
+                .output()
                 .unwrap();
-            tandem_node::node::identity::write_tpm_identity(dir, &cert).unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         },
     )
     .await;
@@ -379,4 +392,98 @@ async fn node_with_a_tpm_root_serves_tpm_evidence() {
     assert!(ans.receipt.is_some(), "{:?}", ans.error);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The operator's CA commands: `ca init` makes a CA, `ca identity` a node identity that the
+/// node loads and a policy pinning `ca.pub.pem` accepts; bad inputs are clear errors.
+#[test]
+fn ca_commands_make_identities_a_policy_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&std::ffi::OsStr]| Command::new(BIN).args(args).output().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let o = run(&[
+        "ca".as_ref(),
+        "init".as_ref(),
+        "--out".as_ref(),
+        ca_dir.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Never overwrites a CA key.
+    let o = run(&[
+        "ca".as_ref(),
+        "init".as_ref(),
+        "--out".as_ref(),
+        ca_dir.as_os_str(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must not exist yet"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(ca_dir.join("ca.key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the CA key is private: {mode:o}");
+    }
+    let node_dir = dir.path().join("node-1");
+    let ca_key = ca_dir.join("ca.key.pem");
+    let o = run(&[
+        "ca".as_ref(),
+        "identity".as_ref(),
+        "--ca-key".as_ref(),
+        ca_key.as_os_str(),
+        "--subject".as_ref(),
+        "node-1".as_ref(),
+        "--out".as_ref(),
+        node_dir.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["subject"], "node-1");
+    // The node loads it, and the certificate verifies under ca.pub.pem.
+    let root = tandem_node::node::identity::load_software_root(
+        &node_dir.join("identity.key.pem"),
+        &node_dir.join("identity.cert.json"),
+    )
+    .unwrap();
+    let ca_pub = tandem_attest::evidence::FleetCaKey::from_pem(
+        &std::fs::read_to_string(ca_dir.join("ca.pub.pem")).unwrap(),
+    )
+    .unwrap();
+    let claims = tandem_attest::evidence::EvidenceClaims {
+        key_config_digest: tandem_attest::digest::Sha256Digest::of(b"k"),
+        release_digest: tandem_attest::digest::Sha256Digest::of(b"r"),
+        key_expiry: now() + 60,
+        nonce: None,
+    };
+    let mut root = root;
+    let ev = tandem_attest::evidence::RootOfTrust::attest(&mut root, &claims).unwrap();
+    ev.verify_root(&[ca_pub]).unwrap();
+    // A second identity into the same directory is refused; a wrong CA key file is explained.
+    let again = run(&[
+        "ca".as_ref(),
+        "identity".as_ref(),
+        "--ca-key".as_ref(),
+        ca_key.as_os_str(),
+        "--subject".as_ref(),
+        "node-1".as_ref(),
+        "--out".as_ref(),
+        node_dir.as_os_str(),
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds an identity"));
+    let bad = run(&[
+        "ca".as_ref(),
+        "identity".as_ref(),
+        "--ca-key".as_ref(),
+        ca_dir.join("ca.pub.pem").as_os_str(),
+        "--subject".as_ref(),
+        "x".as_ref(),
+        "--out".as_ref(),
+        dir.path().join("x").as_os_str(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a fleet CA key"));
 }

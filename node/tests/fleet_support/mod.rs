@@ -43,6 +43,8 @@ pub struct DevRun {
     pub config: serde_json::Value,
     /// The trust policy file it printed (in its state directory).
     pub policy_path: Option<PathBuf>,
+    /// The gateway's Prometheus metrics URL it printed.
+    pub metrics_url: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -80,6 +82,7 @@ impl DevRun {
             nodes: Vec::new(),
             config: serde_json::Value::Null,
             policy_path: None,
+            metrics_url: None,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -97,6 +100,9 @@ impl DevRun {
             }
             if let Some(p) = line.strip_prefix("policy ") {
                 run.policy_path = Some(PathBuf::from(p));
+            }
+            if w.first() == Some(&"gateway") && w.get(2) == Some(&"metrics") {
+                run.metrics_url = w.get(3).map(|u| (*u).to_owned());
             }
         }
         run.config = serde_json::from_slice(&std::fs::read(&device_config).unwrap()).unwrap();

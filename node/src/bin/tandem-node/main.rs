@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod ca_cmd;
 mod dev_cmd;
 mod gateway_cmd;
 mod serve_cmd;
@@ -25,6 +26,9 @@ enum Cmd {
     Dev(dev_cmd::Args),
     /// Print the attestation key of this node's TPM, for the fleet CA to certify.
     TpmAk(tpm_cmd::Args),
+    /// The fleet CA: make its key, give nodes identities, certify TPM attestation keys.
+    #[command(subcommand)]
+    Ca(ca_cmd::Cmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Gateway(a) => gateway_cmd::run(a),
         Cmd::Dev(a) => dev_cmd::run(a),
         Cmd::TpmAk(a) => tpm_cmd::run(a),
+        Cmd::Ca(c) => ca_cmd::run(c),
     }
 }

@@ -73,6 +73,34 @@ fn serve(document: Vec<u8>) -> (tokio::runtime::Runtime, String) {
     (rt, addr)
 }
 
+/// Like [`serve`], over TLS with a fresh self-signed certificate for `localhost`; also returns
+/// that certificate (PEM), the CA a client must trust.
+fn serve_tls(document: Vec<u8>) -> (tokio::runtime::Runtime, u16, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let identity = tonic::transport::Identity::from_pem(&cert_pem, &key_pem);
+    rt.spawn(async move {
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap()
+            .add_service(NodeServer::new(FixtureNode { document }))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    (rt, port, cert_pem)
+}
+
 fn verify_node(target: &str, policy: &std::path::Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_attest"))
         .args(["verify", "node", target, "--policy"])
@@ -158,4 +186,48 @@ fn a_closed_address_is_a_clear_error() {
     let out = verify_node("no-such-bundle.json", &policy);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading bundle no-such-bundle.json"));
+}
+
+#[test]
+fn verify_node_over_https_with_the_node_ca() {
+    let f = Fixture::new();
+    let d = tempfile::tempdir().unwrap();
+    let policy = d.path().join("policy.json");
+    std::fs::write(&policy, f.policy_json(serde_json::json!({}))).unwrap();
+    let (_rt, port, cert_pem) = serve_tls(f.bundle.to_json());
+    let ca = d.path().join("node-ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let target = format!("https://localhost:{port}");
+    let run = |ca: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_attest"))
+            .args(["verify", "node", &target, "--policy"])
+            .arg(&policy)
+            .arg("--tls-ca")
+            .arg(ca)
+            .args(["--now", &NOW.to_string(), "--json"])
+            .output()
+            .expect("run attest")
+    };
+    let out = run(&ca);
+    assert!(
+        out.status.success(),
+        "stderr {}\nstdout {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], true);
+
+    // A CA that did not issue the node's certificate: the TLS handshake fails, clearly.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let wrong = d.path().join("other-ca.pem");
+    std::fs::write(&wrong, other.cert.pem()).unwrap();
+    let out = run(&wrong);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("node https://localhost:{port}")),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
 }

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use tandem_attest::log::merkle::MemoryTree;
 use tandem_attest::log::note::{self, VerifiedCheckpoint};
 use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath};
-use tandem_attest::log::{CheckpointTracker, InclusionBundle, NoteVerifier};
+use tandem_attest::log::{CheckpointTracker, InclusionBundle, LogReader, NoteVerifier};
 
 const BIN: &str = env!("CARGO_BIN_EXE_attest");
 
@@ -278,6 +278,36 @@ fn serve_append_prove_audit_through_the_cli() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["entries_replayed"], 600);
     assert_eq!(v["consistent_with_saved"], "Advanced { from: 300 }");
+    // Tiles 0 and 1 are full now: their partial tiles were deleted, the current one is kept.
+    let logdir = tmp.path().join("log");
+    for gone in [
+        "tile/0/000.p",
+        "tile/0/001.p",
+        "tile/entries/000.p",
+        "tile/entries/001.p",
+    ] {
+        assert!(!logdir.join(gone).exists(), "{gone} was not pruned");
+    }
+    assert!(logdir.join("tile/0/002.p/88").is_file());
+    assert!(logdir.join("tile/entries/002.p/88").is_file());
+    // A client that knows only the old checkpoint (300 entries) still gets its tiles: the
+    // reader falls back from the deleted partial tile to the full one.
+    let old = note::open_checkpoint(&std::fs::read(&saved).unwrap(), &log, None, None).unwrap();
+    rt().block_on(async {
+        let reader = LogReader::new(&server.url, Duration::from_secs(10)).unwrap();
+        let t = TilePath::for_tree(TileKind::Entries, 1, 300).unwrap();
+        assert_eq!(t.width, 44);
+        let entries = reader.entry_bundle(&t).await.unwrap();
+        assert_eq!(entries.len(), 44);
+        assert_eq!(entries[0], b"release 256");
+        assert_eq!(entries[43], b"release 299");
+        let inc = reader.inclusion(&old, 270).await.unwrap();
+        inc.verify(b"release 270", &log, None, None).unwrap();
+        let proof = reader.consistency_proof(300, 600).await.unwrap();
+        let now = checkpoint(&reqwest::Client::new(), &server.url, &log).await;
+        let mut tracker = CheckpointTracker::with_newest(old.checkpoint().clone());
+        tracker.observe(&now, &proof).unwrap();
+    });
     // The wrong log key is refused.
     let other = tmp.path().join("other.key");
     let o = Command::new(BIN)

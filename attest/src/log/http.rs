@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use super::merkle::{self, Hash};
 use super::note::{self, NoteVerifier, VerifiedCheckpoint};
-use super::tile::TileSet;
+use super::tile::{self, TILE_WIDTH, TileKind, TilePath, TileSet};
 use super::{InclusionBundle, LogError};
 
 /// Most tiles one proof may ask for: a proof touches at most two tiles per level.
@@ -84,6 +84,59 @@ impl LogReader {
 
     /// `GET {base}/{path}`: the body of a successful answer.
     pub async fn get(&self, path: &str) -> Result<Vec<u8>, FetchError> {
+        match self.fetch(path).await? {
+            Some(b) => Ok(b),
+            None => Err(FetchError::Http {
+                base: self.base.clone(),
+                url: format!("{}/{path}", self.base),
+                reason: "HTTP 404 Not Found".into(),
+            }),
+        }
+    }
+
+    /// The data of tile `t`. A log may delete a partial tile once the full tile of the same
+    /// index exists (C2SP tlog-tiles), so when a partial tile is not found the full one is
+    /// fetched and cut to `t`'s width: its first hashes or entries are the partial tile's.
+    pub async fn get_tile(&self, t: &TilePath) -> Result<Vec<u8>, FetchError> {
+        let path = t.to_path();
+        if let Some(b) = self.fetch(&path).await? {
+            return Ok(b);
+        }
+        let full = TilePath {
+            width: TILE_WIDTH as u16,
+            ..*t
+        };
+        if t.is_full() {
+            return self.get(&path).await;
+        }
+        let data = self.get(&full.to_path()).await?;
+        let width = usize::from(t.width);
+        let what = || format!("tile {} (for {path})", full.to_path());
+        match t.kind {
+            TileKind::Hash(_) => data.get(..width * 32).map(<[u8]>::to_vec).ok_or_else(|| {
+                self.log_err(
+                    what(),
+                    LogError::MalformedTile(format!("{} bytes", data.len())),
+                )
+            }),
+            TileKind::Entries => {
+                let entries = tile::parse_entry_bundle(&data, full.width)
+                    .map_err(|e| self.log_err(what(), e))?;
+                tile::encode_entry_bundle(&entries[..width.min(entries.len())])
+                    .map_err(|e| self.log_err(what(), e))
+            }
+        }
+    }
+
+    /// The entries of entry bundle `t`.
+    pub async fn entry_bundle(&self, t: &TilePath) -> Result<Vec<Vec<u8>>, FetchError> {
+        let data = self.get_tile(t).await?;
+        tile::parse_entry_bundle(&data, t.width)
+            .map_err(|e| self.log_err(format!("entry bundle {}", t.to_path()), e))
+    }
+
+    /// `GET {base}/{path}`: the body, or `None` if the log answers 404.
+    async fn fetch(&self, path: &str) -> Result<Option<Vec<u8>>, FetchError> {
         let url = format!("{}/{path}", self.base);
         let err = |reason: String| FetchError::Http {
             base: self.base.clone(),
@@ -97,6 +150,9 @@ impl LogReader {
             .await
             .map_err(|e| err(e.to_string()))?;
         let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         let body = resp.bytes().await.map_err(|e| err(e.to_string()))?;
         if !status.is_success() {
             return Err(err(format!(
@@ -104,7 +160,7 @@ impl LogReader {
                 String::from_utf8_lossy(&body[..body.len().min(200)])
             )));
         }
-        Ok(body.to_vec())
+        Ok(Some(body.to_vec()))
     }
 
     /// The log's newest checkpoint, opened under `key`.
@@ -126,10 +182,9 @@ impl LogReader {
             match f(&set) {
                 Ok(v) => return Ok(v),
                 Err(LogError::MissingTile(t)) => {
-                    let path = t.to_path();
-                    let data = self.get(&path).await?;
+                    let data = self.get_tile(&t).await?;
                     set.insert(t, &data)
-                        .map_err(|e| self.log_err(format!("tile {path}"), e))?;
+                        .map_err(|e| self.log_err(format!("tile {}", t.to_path()), e))?;
                 }
                 Err(e) => return Err(self.log_err(format!("tree of size {tree_size}"), e)),
             }

@@ -3,7 +3,7 @@
 //! release's log entry built from tiles. No proof, no start.
 
 use tandem_attest::log::note::VerifiedCheckpoint;
-use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath};
+use tandem_attest::log::tile::{TILE_WIDTH, TileKind, TilePath};
 use tandem_attest::log::{FetchError, InclusionBundle, LogReader, NoteVerifier};
 use tandem_attest::release::{LogEntry, ReleaseBundle};
 
@@ -51,10 +51,6 @@ impl LogClient {
         self.err(e.to_string())
     }
 
-    async fn get(&self, path: &str) -> Result<Vec<u8>, NodeError> {
-        self.reader.get(path).await.map_err(|e| self.fetch_err(e))
-    }
-
     /// The newest checkpoint, verified with the log key.
     pub async fn checkpoint(&self) -> Result<VerifiedCheckpoint, NodeError> {
         self.reader
@@ -92,9 +88,11 @@ impl LogClient {
             let Some(t) = TilePath::for_tree(TileKind::Entries, n, size) else {
                 break;
             };
-            let data = self.get(&t.to_path()).await?;
-            let entries = tile::parse_entry_bundle(&data, t.width)
-                .map_err(|e| self.err(format!("{}: {e}", t.to_path())))?;
+            let entries = self
+                .reader
+                .entry_bundle(&t)
+                .await
+                .map_err(|e| self.fetch_err(e))?;
             if let Some(i) = entries.iter().position(|e| e.as_slice() == leaf) {
                 return Ok(Some(n * TILE_WIDTH + i as u64));
             }

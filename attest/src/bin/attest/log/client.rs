@@ -189,8 +189,7 @@ pub async fn audit(
         let Some(t) = TilePath::for_tree(TileKind::Entries, index, size) else {
             break;
         };
-        let data = reader.get(&t.to_path()).await?;
-        let entries = tile::parse_entry_bundle(&data, t.width).with_context(|| t.to_path())?;
+        let entries = reader.entry_bundle(&t).await?;
         for e in &entries {
             tree.push(e);
         }
@@ -216,7 +215,7 @@ pub async fn audit(
         let TileKind::Hash(level) = t.kind else {
             continue;
         };
-        let served = reader.get(&t.to_path()).await?;
+        let served = reader.get_tile(&t).await?;
         if served != tile::hash_tile_data(&tree, level, t.index, t.width)? {
             bail!(
                 "tile {} differs from the tree recomputed from the entries",

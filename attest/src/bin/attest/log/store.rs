@@ -3,7 +3,8 @@
 //! Layout of the log directory:
 //! - `entries.wal`: every entry ever appended, as `u32 BE length || data || SHA-256 leaf hash`.
 //!   It is the source of truth; everything else is derived from it.
-//! - `tile/...`: C2SP tlog-tiles hash tiles and entry bundles, written by rename.
+//! - `tile/...`: C2SP tlog-tiles hash tiles and entry bundles, written by rename; the partial
+//!   tiles of an index are deleted once its full tile is published.
 //! - `checkpoint`: the published signed checkpoint, replaced by rename.
 //!
 //! Order of a commit (group commit of a batch), with one round of syncs per step, each round's
@@ -361,6 +362,22 @@ impl LogStore {
         self.commit(&staged, sync_wal, Some(&signed))?;
         self.checkpoint = signed;
         self.published_size = size;
+        // C2SP tlog-tiles: once a full tile is published, the partial tiles of the same index
+        // are superseded and may go (clients fall back to the full tile and cut it to the
+        // width they need; `tandem_attest::log::LogReader::get_tile`). Not synced: a partial
+        // tile that survives a crash is harmless.
+        for t in tiles.iter().filter(|t| t.is_full()) {
+            let partials = self.dir.join(format!("{}.p", t.to_path()));
+            match fs::remove_dir_all(&partials) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("removing superseded partial tiles {}", partials.display())
+                    });
+                }
+            }
+        }
         Ok(())
     }
 

@@ -8,10 +8,9 @@
 //! `LogStore::append_batch` the sequencer calls: WAL, tiles and checkpoint synced per batch)
 //! with batches of `N` entries, to separate the cost of durable batching from HTTP and the
 //! writers' CPU.
-#![allow(clippy::unwrap_used, dead_code, unreachable_pub, missing_docs)]
+#![allow(clippy::unwrap_used)]
 
-#[path = "../src/bin/attest/log/store.rs"]
-mod store;
+use tandem_attest::log::store;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

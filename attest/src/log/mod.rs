@@ -2,8 +2,9 @@
 //! C2SP signed notes (Ed25519), C2SP tlog-cosignature witness cosignatures, C2SP tlog-tiles tiles,
 //! and a sans-IO client that tracks checkpoints.
 //!
-//! No I/O here but [`http`], the one reader of a log over HTTP that every client shares; the
-//! `attest log` server in the binary owns the log's files and sockets.
+//! I/O lives in three modules only: [`http`], the one reader of a log over HTTP that every
+//! client shares; [`store`], the log's durable files; [`server`], its HTTP API (run by
+//! `attest log serve` and, in-process, by `tandem-node dev`). The rest is pure.
 
 pub mod checkpoint;
 pub mod client;
@@ -12,6 +13,8 @@ pub mod http;
 pub mod merkle;
 pub mod note;
 pub mod proof;
+pub mod server;
+pub mod store;
 pub mod tile;
 
 pub use checkpoint::Checkpoint;

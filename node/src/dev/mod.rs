@@ -22,8 +22,6 @@
 //! [`DevFleet::shutdown`] sends SIGTERM to every node (SIGKILL after a grace period), stops the
 //! gateway and the log, and removes the state directory.
 
-pub mod log;
-
 use std::io::BufRead as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -237,7 +235,7 @@ impl DevFleet {
         let ca = FleetCa::generate_with_rng(&mut rng);
 
         // 2. The log.
-        let (store, _) = log::store::LogStore::open(&dir.join("log"), log_signer)
+        let (store, _) = tandem_attest::log::store::LogStore::open(&dir.join("log"), log_signer)
             .map_err(|e| DevError::Log(format!("{e:#}")))?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
@@ -248,7 +246,7 @@ impl DevFleet {
         let log_url = format!("http://{log_addr}");
         {
             let mut rx = stop_rx.clone();
-            let app = log::server::app(store);
+            let app = tandem_attest::log::server::app(store);
             tasks.push(tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
                     .with_graceful_shutdown(async move {

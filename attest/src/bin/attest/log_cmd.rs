@@ -2,16 +2,14 @@
 
 #[path = "log/client.rs"]
 mod client;
-#[path = "log/server.rs"]
-mod server;
-#[path = "log/store.rs"]
-pub mod store;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tandem_attest::log::NoteSigner;
+use tandem_attest::log::server;
+use tandem_attest::log::store::LogStore;
 
 /// Arguments of `attest log`.
 #[derive(Debug, Args)]
@@ -115,7 +113,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
         LogCommand::Serve { dir, listen, key } => {
             // Validate everything before binding the port.
             let signer = load_signer(&key)?;
-            let (store, rec) = store::LogStore::open(&dir, signer)?;
+            let (store, rec) = LogStore::open(&dir, signer)?;
             eprintln!(
                 "log {}: {} entries (published checkpoint was {}, cut {} torn WAL bytes)",
                 dir.display(),
@@ -123,7 +121,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
                 rec.previous_checkpoint,
                 rec.truncated_bytes
             );
-            runtime()?.block_on(server::serve(store, &listen))
+            runtime()?.block_on(serve(store, &listen))
         }
         LogCommand::Append { target, file, json } => {
             let entry = read_input(&file)?;
@@ -229,4 +227,20 @@ fn keygen(origin: &str, out: &Path) -> anyhow::Result<()> {
     f.sync_all()?;
     println!("{}", signer.vkey());
     Ok(())
+}
+
+/// Serve until Ctrl-C / SIGTERM.
+async fn serve(store: LogStore, listen: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on :0.
+    println!("listening on http://{addr}");
+    axum::serve(listener, server::app(store))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving HTTP")
 }

@@ -24,11 +24,55 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
-use tandem_attest::log::Checkpoint;
-use tandem_attest::log::merkle::{self, Hash, MemoryTree};
-use tandem_attest::log::note::{self, NoteSigner};
-use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath};
+use thiserror::Error;
+
+use super::Checkpoint;
+use super::LogError;
+use super::merkle::{self, Hash, MemoryTree};
+use super::note::{self, NoteSigner};
+use super::tile::{self, TILE_WIDTH, TileKind, TilePath};
+
+/// Why the log's storage failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A file system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log directory does not back its own published checkpoint.
+    #[error("{0}")]
+    Damaged(String),
+    /// The caller asked for something the log cannot give (an entry too long, a size not
+    /// published yet).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Tree, tile or signing code refused.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Names what an I/O call was doing.
+trait IoContext<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| StoreError::Io {
+            what: what(),
+            source,
+        })
+    }
+}
 
 const WAL: &str = "entries.wal";
 const CHECKPOINT: &str = "checkpoint";
@@ -57,14 +101,14 @@ pub struct Recovery {
     pub truncated_bytes: u64,
 }
 
-fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
+fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("fsync of directory {}", dir.display()))
+        .ctx(|| format!("fsync of directory {}", dir.display()))
 }
 
 /// Create `dir` if needed; every directory whose entries changed is added to `to_sync`.
-fn ensure_dir(dir: &Path, to_sync: &mut BTreeSet<PathBuf>) -> anyhow::Result<()> {
+fn ensure_dir(dir: &Path, to_sync: &mut BTreeSet<PathBuf>) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -75,7 +119,7 @@ fn ensure_dir(dir: &Path, to_sync: &mut BTreeSet<PathBuf>) -> anyhow::Result<()>
     match fs::create_dir(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+        Err(e) => Err(e).ctx(|| format!("creating {}", dir.display())),
     }
 }
 
@@ -93,7 +137,7 @@ impl Staged {
     }
 
     /// Stage `data` for `path`, creating its directory if needed.
-    fn add(&mut self, path: PathBuf, data: Vec<u8>) -> anyhow::Result<()> {
+    fn add(&mut self, path: PathBuf, data: Vec<u8>) -> Result<()> {
         if let Some(parent) = path.parent() {
             ensure_dir(parent, &mut self.dirs)?;
             self.dirs.insert(parent.to_path_buf());
@@ -112,17 +156,16 @@ fn tmp_path(path: &Path) -> PathBuf {
 }
 
 /// Write `data` to the temporary file for `path` and sync it (not yet renamed).
-fn write_synced_tmp(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+fn write_synced_tmp(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
     f.write_all(data)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_data()
-        .with_context(|| format!("fsync of {}", tmp.display()))
+        .ctx(|| format!("writing {}", tmp.display()))?;
+    f.sync_data().ctx(|| format!("fsync of {}", tmp.display()))
 }
 
-fn rename_tmp(path: &Path) -> anyhow::Result<()> {
-    fs::rename(tmp_path(path), path).with_context(|| format!("renaming to {}", path.display()))
+fn rename_tmp(path: &Path) -> Result<()> {
+    fs::rename(tmp_path(path), path).ctx(|| format!("renaming to {}", path.display()))
 }
 
 /// Most syncs issued at once.
@@ -134,9 +177,9 @@ const MAX_PARALLEL_SYNCS: usize = 32;
 /// error; every job has finished when it returns.
 fn in_parallel<T: Sync>(
     items: &[T],
-    job: impl Fn(&T) -> anyhow::Result<()> + Sync,
-    first: impl FnOnce() -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+    job: impl Fn(&T) -> Result<()> + Sync,
+    first: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     let mut first = Some(first);
     let mut result = Ok(());
     for chunk in items.chunks(MAX_PARALLEL_SYNCS) {
@@ -145,9 +188,12 @@ fn in_parallel<T: Sync>(
             let handles: Vec<_> = chunk.iter().map(|it| s.spawn(|| job(it))).collect();
             let mut r = first.map_or(Ok(()), |f| f());
             for h in handles {
-                let joined = h
-                    .join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a sync thread panicked")));
+                let joined = h.join().unwrap_or_else(|_| {
+                    Err(StoreError::Io {
+                        what: "a sync thread".into(),
+                        source: std::io::Error::other("panicked"),
+                    })
+                });
                 r = r.and(joined);
             }
             r
@@ -162,18 +208,18 @@ fn in_parallel<T: Sync>(
 
 impl LogStore {
     /// Open (or create) the log in `dir`, recovering from any crash.
-    pub fn open(dir: &Path, signer: NoteSigner) -> anyhow::Result<(Self, Recovery)> {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("creating log directory {}", dir.display()))?;
+    pub fn open(dir: &Path, signer: NoteSigner) -> Result<(Self, Recovery)> {
+        fs::create_dir_all(dir).ctx(|| format!("creating log directory {}", dir.display()))?;
         let wal_path = dir.join(WAL);
         let mut wal = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&wal_path)
-            .with_context(|| format!("opening {}", wal_path.display()))?;
+            .ctx(|| format!("opening {}", wal_path.display()))?;
         let mut bytes = Vec::new();
-        wal.read_to_end(&mut bytes)?;
+        wal.read_to_end(&mut bytes)
+            .ctx(|| format!("reading {}", wal_path.display()))?;
 
         // 1. Replay the WAL; the first record that is incomplete or fails its hash ends it.
         let mut tree = MemoryTree::new();
@@ -199,43 +245,45 @@ impl LogStore {
         let verifier = signer.verifier();
         let (checkpoint, published_size) = match fs::read(&cp_path) {
             Ok(b) => {
-                let v = note::open_checkpoint(&b, &verifier, None, None).with_context(|| {
-                    format!(
-                        "the published checkpoint {} does not verify with the log key",
+                let v = note::open_checkpoint(&b, &verifier, None, None).map_err(|e| {
+                    StoreError::Damaged(format!(
+                        "the published checkpoint {} does not verify with the log key: {e}",
                         cp_path.display()
-                    )
+                    ))
                 })?;
                 let cp = v.checkpoint();
                 if cp.size > tree.size() {
-                    bail!(
+                    return Err(StoreError::Damaged(format!(
                         "the published checkpoint covers {} entries but the WAL holds only {}: \
                          acknowledged entries are missing from {}; restore it from backup",
                         cp.size,
                         tree.size(),
                         wal_path.display()
-                    );
+                    )));
                 }
                 let root = tree.root(cp.size)?;
                 if root != cp.root_hash {
-                    bail!(
+                    return Err(StoreError::Damaged(format!(
                         "the WAL's first {} entries hash to {} but the published checkpoint says {}; \
                          the WAL was altered",
                         cp.size,
                         hex::encode(root),
                         hex::encode(cp.root_hash)
-                    );
+                    )));
                 }
                 (b, cp.size)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
-            Err(e) => return Err(e).context("reading the published checkpoint"),
+            Err(e) => return Err(e).ctx(|| "reading the published checkpoint".into()),
         };
 
         if truncated_bytes > 0 {
             // Only now, with the published checkpoint known to be backed by the valid prefix:
             // a torn tail was never fsynced, so never acknowledged; drop it.
-            wal.set_len(pos as u64)?;
-            wal.sync_all()?;
+            wal.set_len(pos as u64)
+                .ctx(|| format!("cutting the torn tail of {}", wal_path.display()))?;
+            wal.sync_all()
+                .ctx(|| format!("fsync of {}", wal_path.display()))?;
         }
 
         let mut store = Self {
@@ -297,7 +345,7 @@ impl LogStore {
     }
 
     /// Append a batch durably and publish a checkpoint covering it; returns the first index.
-    pub fn append_batch<E: AsRef<[u8]>>(&mut self, entries: &[E]) -> anyhow::Result<u64> {
+    pub fn append_batch<E: AsRef<[u8]>>(&mut self, entries: &[E]) -> Result<u64> {
         let first = self.tree.size();
         if entries.is_empty() {
             return Ok(first);
@@ -306,16 +354,20 @@ impl LogStore {
         let mut buf = Vec::new();
         for e in entries {
             let e = e.as_ref();
-            anyhow::ensure!(
-                e.len() <= tile::MAX_ENTRY_LEN,
-                "entry of {} bytes is too long",
-                e.len()
-            );
+            if e.len() > tile::MAX_ENTRY_LEN {
+                return Err(StoreError::InvalidArgument(format!(
+                    "entry of {} bytes is too long (at most {})",
+                    e.len(),
+                    tile::MAX_ENTRY_LEN
+                )));
+            }
             buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
             buf.extend_from_slice(e);
             buf.extend_from_slice(&merkle::leaf_hash(e));
         }
-        self.wal.write_all(&buf).context("appending to the WAL")?;
+        self.wal
+            .write_all(&buf)
+            .ctx(|| "appending to the WAL".into())?;
         // Tree and entry bundle state.
         let mut staged = Staged::default();
         for e in entries {
@@ -339,7 +391,7 @@ impl LogStore {
         index: u64,
         entries: &[E],
         staged: &mut Staged,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let t = TilePath {
             kind: TileKind::Entries,
             index,
@@ -353,7 +405,7 @@ impl LogStore {
 
     /// Stage tiles for sizes `from..size()` and a checkpoint of `size()`, then commit them
     /// (with the WAL if `sync_wal`) and publish the checkpoint.
-    fn publish(&mut self, from: u64, mut staged: Staged, sync_wal: bool) -> anyhow::Result<()> {
+    fn publish(&mut self, from: u64, mut staged: Staged, sync_wal: bool) -> Result<()> {
         let size = self.tree.size();
         let tiles = tile::tiles_to_publish(from, size);
         self.stage_tiles(&tiles, size, &mut staged)?;
@@ -372,7 +424,7 @@ impl LogStore {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(e).with_context(|| {
+                    return Err(e).ctx(|| {
                         format!("removing superseded partial tiles {}", partials.display())
                     });
                 }
@@ -384,12 +436,7 @@ impl LogStore {
     /// Make `staged` (and the WAL, and a new checkpoint) durable in the order of the module
     /// docs: 1. WAL + temporary files synced; 2. renamed, directories synced; 3. checkpoint
     /// renamed, log directory synced.
-    fn commit(
-        &self,
-        staged: &Staged,
-        sync_wal: bool,
-        checkpoint: Option<&[u8]>,
-    ) -> anyhow::Result<()> {
+    fn commit(&self, staged: &Staged, sync_wal: bool, checkpoint: Option<&[u8]>) -> Result<()> {
         let cp_path = self.dir.join(CHECKPOINT);
         // 1.
         let wal = &self.wal;
@@ -398,7 +445,7 @@ impl LogStore {
             |(path, data)| write_synced_tmp(path, data),
             || {
                 if sync_wal {
-                    wal.sync_data().context("fsync of the WAL")?;
+                    wal.sync_data().ctx(|| "fsync of the WAL".into())?;
                 }
                 match checkpoint {
                     Some(cp) => write_synced_tmp(&cp_path, cp),
@@ -422,12 +469,7 @@ impl LogStore {
 
     /// Stage the given tiles of the tree of `size` leaves (entry bundles: only the partial one;
     /// full bundles are staged as they fill).
-    fn stage_tiles(
-        &self,
-        tiles: &[TilePath],
-        size: u64,
-        staged: &mut Staged,
-    ) -> anyhow::Result<()> {
+    fn stage_tiles(&self, tiles: &[TilePath], size: u64, staged: &mut Staged) -> Result<()> {
         for t in tiles {
             let path = self.dir.join(t.to_path());
             match t.kind {
@@ -448,16 +490,16 @@ impl LogStore {
                             }
                             continue;
                         }
-                        bail!(
+                        return Err(StoreError::Damaged(format!(
                             "entry bundle {} is missing; the log directory is damaged",
                             path.display()
-                        );
+                        )));
                     }
                     if t.index != partial_index || t.width as usize != self.tail_entries.len() {
-                        bail!(
+                        return Err(StoreError::Damaged(format!(
                             "internal error: partial bundle {} does not match the tail",
                             t.to_path()
-                        );
+                        )));
                     }
                     self.stage_bundle(t.index, &self.tail_entries, staged)?;
                 }
@@ -467,20 +509,22 @@ impl LogStore {
     }
 
     /// Inclusion proof of `index` at the published size.
-    pub fn inclusion_proof(&self, index: u64, size: u64) -> anyhow::Result<Vec<Hash>> {
-        anyhow::ensure!(
-            size <= self.published_size,
-            "size {size} is not published yet"
-        );
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        if size > self.published_size {
+            return Err(StoreError::InvalidArgument(format!(
+                "size {size} is not published yet"
+            )));
+        }
         Ok(self.tree.inclusion_proof(index, size)?)
     }
 
     /// Consistency proof between two published sizes.
-    pub fn consistency_proof(&self, old: u64, new: u64) -> anyhow::Result<Vec<Hash>> {
-        anyhow::ensure!(
-            new <= self.published_size,
-            "size {new} is not published yet"
-        );
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
+        if new > self.published_size {
+            return Err(StoreError::InvalidArgument(format!(
+                "size {new} is not published yet"
+            )));
+        }
         Ok(self.tree.consistency_proof(old, new)?)
     }
 }

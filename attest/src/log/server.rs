@@ -1,4 +1,4 @@
-//! `attest log serve`: the log over HTTP.
+//! The log over HTTP (`attest log serve`; `tandem-node dev` runs it in-process).
 //!
 //! C2SP tlog-tiles read API: `GET /checkpoint`, `GET /tile/<L>/<N>[.p/<W>]`,
 //! `GET /tile/entries/<N>[.p/<W>]`. Write API: `POST /add` with the entry as the body; the
@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use super::InclusionBundle;
+use super::merkle::Hash;
+use super::tile::{MAX_ENTRY_LEN, TilePath};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -24,9 +26,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use tandem_attest::log::InclusionBundle;
-use tandem_attest::log::merkle::Hash;
-use tandem_attest::log::tile::{MAX_ENTRY_LEN, TilePath};
 use tokio::sync::{mpsc, oneshot};
 
 use super::store::LogStore;
@@ -248,20 +247,4 @@ async fn consistency(
         Ok(p) => proof_json(new, &p),
         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e:#}")),
     }
-}
-
-/// Serve until Ctrl-C / SIGTERM.
-pub async fn serve(store: LogStore, listen: &str) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
-    // Tests and scripts read this line to learn the port when listening on :0.
-    println!("listening on http://{addr}");
-    axum::serve(listener, app(store))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("serving HTTP")
 }

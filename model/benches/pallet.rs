@@ -3,12 +3,12 @@
 //!
 //! ```sh
 //! cargo bench -p tandem-model --bench pallet --no-run     # build, then run the printed binary:
-//! target/release/deps/pallet-<hash> [--quick] [--threads 1,2]
+//! target/release/deps/pallet-<hash> [--quick] [--threads 1,2] [--repeat N]
 //! ```
 //! The parent writes an f16 checkpoint, palletizes it (3.5 bpw mix and 4-bit only, group size
 //! 16) into temp dirs, then runs one child process per (variant, threads) with
 //! `RAYON_NUM_THREADS` set, so every variant is measured in the same run on the same machine
-//! state. Each child reports prefill tok/s (256-token prompt) and decode tok/s at context 256.
+//! state. Each child reports prefill tok/s (256-token prompt) and decode tok/s from context 256 (best of 3 rounds of 32 tokens).
 //!
 //! The 3.5 bpw mix uses a fixed stand-in for sensitivity (embedding > attention > MLP, per
 //! weight): random weights have no meaningful perplexity, and speed depends only on which
@@ -97,29 +97,50 @@ fn main() {
     drop(m);
     let f16_size = file_size(&f16_dir);
 
-    let mut rows = Vec::new();
-    for &th in &threads {
-        for (label, dir, dtype) in &variants {
-            let mut cmd = std::process::Command::new(&args[0]);
-            cmd.arg("child")
-                .arg(dir)
-                .arg(dtype)
-                .env("RAYON_NUM_THREADS", th.to_string());
-            if quick {
-                cmd.arg("--quick");
+    let repeat: usize = args
+        .iter()
+        .position(|a| a == "--repeat")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    // Rounds interleave the variants, so a burst of load elsewhere hits them alike; each cell
+    // keeps its best value over the rounds.
+    let mut rows: Vec<(String, usize, u64, serde_json::Value)> = Vec::new();
+    for _round in 0..repeat {
+        for &th in &threads {
+            for (label, dir, dtype) in &variants {
+                let mut cmd = std::process::Command::new(&args[0]);
+                cmd.arg("child")
+                    .arg(dir)
+                    .arg(dtype)
+                    .env("RAYON_NUM_THREADS", th.to_string());
+                if quick {
+                    cmd.arg("--quick");
+                }
+                let out = cmd.output().expect("run child");
+                if !out.status.success() {
+                    eprintln!(
+                        "{label} x{th} failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    continue;
+                }
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).expect("child prints JSON");
+                eprintln!("{label} x{th}: {v}");
+                match rows.iter_mut().find(|r| r.0 == *label && r.1 == th) {
+                    Some(r) => {
+                        for k in ["prefill_tok_s", "decode256_tok_s"] {
+                            let best = r.3[k]
+                                .as_f64()
+                                .unwrap_or(0.0)
+                                .max(v[k].as_f64().unwrap_or(0.0));
+                            r.3[k] = best.into();
+                        }
+                    }
+                    None => rows.push((label.clone(), th, file_size(dir), v)),
+                }
             }
-            let out = cmd.output().expect("run child");
-            if !out.status.success() {
-                eprintln!(
-                    "{label} x{th} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                continue;
-            }
-            let v: serde_json::Value =
-                serde_json::from_slice(&out.stdout).expect("child prints JSON");
-            eprintln!("{label} x{th}: {v}");
-            rows.push((label.clone(), th, file_size(dir), v));
         }
     }
     std::fs::remove_dir_all(&tmp).ok();
@@ -226,16 +247,21 @@ fn child(dir: &Path, dtype: &str, quick: bool) {
         model.forward_last(&ids, None, &mut cache).expect("prefill");
         prefill = prefill.min(t.elapsed().as_secs_f64());
     }
-    let mut cache = Cache::new(model, 1, 256 + steps + 2).expect("cache");
+    let mut cache = Cache::new(model, 1, 256 + 3 * steps + 2).expect("cache");
     let ids = model.tokens_tensor(&prompt).expect("ids");
     model.forward_last(&ids, None, &mut cache).expect("prefill");
     let one = model.tokens_tensor(&[17]).expect("id");
     model.forward_last(&one, None, &mut cache).expect("warm");
-    let t = Instant::now();
-    for _ in 0..steps {
-        model.forward_last(&one, None, &mut cache).expect("decode");
+    // Best of 3 rounds of `steps` tokens (the machine is shared; the best round is the one
+    // least disturbed). Each round continues the same sequence from context 256.
+    let mut decode = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..steps {
+            model.forward_last(&one, None, &mut cache).expect("decode");
+        }
+        decode = decode.max(steps as f64 / t.elapsed().as_secs_f64());
     }
-    let decode = steps as f64 / t.elapsed().as_secs_f64();
     println!(
         "{}",
         serde_json::json!({

@@ -73,7 +73,7 @@ fn palletized_model_matches_its_dequantized_weights_and_reloads() {
     let orig = logits(&base.model, &ids);
     assert!(max_diff(&got, &orig) > 0.0);
 
-    // Prefill 12 (GEMM path) then decode one token at a time (GEMV path) = one full pass.
+    // Prefill 12 (GEMM path) then decode one token at a time (GEMV path) ≈ one full pass.
     let mut cache = Cache::new(&pm, 1, 64).expect("cache");
     pm.forward(&pm.tokens_tensor(&ids[..12]).expect("t"), None, &mut cache)
         .expect("prefill");
@@ -82,7 +82,17 @@ fn palletized_model_matches_its_dequantized_weights_and_reloads() {
             .forward_last(&pm.tokens_tensor(&[id]).expect("t"), None, &mut cache)
             .expect("decode");
         let full = got.get(0).and_then(|t| t.get(k)).expect("row");
-        assert!(max_diff(&step.squeeze(0).expect("sq"), &full) < 1e-3);
+        // Decode runs the int8-activation kernel (see `pallet::kernel::gemv`): close to the
+        // exact prefill path, not bit-equal.
+        let scale = full
+            .abs()
+            .and_then(|t| t.max(0)?.to_scalar::<f32>())
+            .expect("max");
+        let d = max_diff(&step.squeeze(0).expect("sq"), &full);
+        assert!(
+            d < 0.03 * scale + 1e-3,
+            "token {k}: {d} (logit scale {scale})"
+        );
     }
 
     // Save, reload through the ordinary loader, same logits; f16 compute also works.

@@ -114,22 +114,131 @@ impl CustomOp1 for Gemv {
     }
 }
 
-/// `y = x Wᵀ` on f32 slices: `x` is `[n, cols]` row-major, the result `[n, rows]`.
-pub fn gemv(w: &PalletMatrix, x: &[f32], n: usize) -> Vec<f32> {
-    let (rows, cols) = (w.rows(), w.cols());
-    let mut yt = vec![0f32; rows * n];
-    if n == 0 {
-        return yt;
+/// Columns per int8 activation block (one scale each), as llama.cpp's Q8_0.
+pub const Q8_BLOCK: usize = 32;
+
+/// One input row quantized for the int8 decode kernel: per block of [`Q8_BLOCK`] columns a scale
+/// `d` and int8 values `round(x / d)` (`d = max|x| / 127`), stored in the order the kernel
+/// unpacks the indices in (see `q8_position`); columns past the last full super-block stay f32.
+#[derive(Debug)]
+pub struct Q8Row<'a> {
+    d: Vec<f32>,
+    q: Vec<i8>,
+    x: &'a [f32],
+    /// Columns covered by `q` (a multiple of the super-block).
+    done: usize,
+}
+
+/// Columns per super-block: what one iteration of the kernel unpacks.
+fn q8_super(bits: Bits) -> usize {
+    match bits {
+        Bits::B4 => 32,
+        _ => 64,
     }
-    let rows_per_task = (WEIGHTS_PER_TASK / cols).max(1);
-    yt.par_chunks_mut(rows_per_task * n)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let r0 = task * rows_per_task;
-            for (i, o) in out.chunks_exact_mut(n).enumerate() {
-                row_times_xs(w, r0 + i, x, n, o);
+}
+
+/// Position of column `j` of a super-block in the order the kernel unpacks it; position / 32
+/// is the block (and scale) it belongs to.
+/// 4 bits (16 bytes): low nibbles (even columns), then high nibbles (odd columns).
+/// 2 bits (16 bytes): bit pair `s` of every byte (columns `4k + s`) for s = 0, 1, 2, 3.
+fn q8_position(bits: Bits, j: usize) -> usize {
+    match bits {
+        Bits::B4 => (j % 2) * 16 + j / 2,
+        _ => (j % 4) * 16 + j / 4,
+    }
+}
+
+impl<'a> Q8Row<'a> {
+    /// Quantizes `x` for a matrix of width `bits`.
+    pub fn new(x: &'a [f32], bits: Bits) -> Self {
+        let sb = q8_super(bits);
+        let supers = x.len() / sb;
+        let mut d = Vec::with_capacity(supers * sb / Q8_BLOCK);
+        let mut q = vec![0i8; supers * sb];
+        for (b, xs) in x.chunks_exact(sb).enumerate() {
+            let mut max = [0f32; 2];
+            for (j, v) in xs.iter().enumerate() {
+                let blk = q8_position(bits, j) / Q8_BLOCK;
+                max[blk] = max[blk].max(v.abs());
             }
-        });
+            let scale = max.map(|m| m / 127.0);
+            let inv = scale.map(|s| if s > 0.0 { 1.0 / s } else { 0.0 });
+            for (j, v) in xs.iter().enumerate() {
+                let pos = q8_position(bits, j);
+                q[b * sb + pos] = (v * inv[pos / Q8_BLOCK]).round().clamp(-127.0, 127.0) as i8;
+            }
+            d.extend_from_slice(&scale[..sb / Q8_BLOCK]);
+        }
+        Q8Row {
+            d,
+            q,
+            x,
+            done: supers * sb,
+        }
+    }
+}
+
+/// Whether the int8 decode kernel applies to `w`.
+fn int8_decode(w: &PalletMatrix) -> bool {
+    cfg!(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )) && w.bits() != Bits::B8
+        && w.cols() >= Q8_BLOCK
+}
+
+/// `y = x Wᵀ` for decode: `x` is `[n, cols]` row-major f32, the result `[n, rows]`.
+///
+/// For 2- and 4-bit matrices (with AVX2) this is the int8 kernel: each group's table is held as
+/// int8 with one scale and `x` is quantized per 32 columns (Q8_0-style activation quantization,
+/// the seed's "activation quantization"); lookups are `vpshufb` on 32 indices at once and the
+/// products `vpmaddubsw`. The error per output is bounded by
+/// `Σ_j (|w_j|·max|x_b|/254 + |x_j|·max|T_g|/254)` and is checked against that bound in tests.
+/// 8-bit matrices and machines without AVX2 use [`gemv_f32`].
+pub fn gemv(w: &PalletMatrix, x: &[f32], n: usize) -> Vec<f32> {
+    if !int8_decode(w) || n == 0 {
+        return gemv_f32(w, x, n);
+    }
+    let (rows, cols) = (w.rows(), w.cols());
+    let q8: Vec<Q8Row> = x
+        .chunks_exact(cols)
+        .map(|r| Q8Row::new(r, w.bits()))
+        .collect();
+    let mut yt = vec![0f32; rows * n];
+    for_row_blocks(&mut yt, rows, cols, n, |r, o| {
+        for (oi, xq) in o.iter_mut().zip(&q8) {
+            *oi = row_dot_q8(w, r, xq);
+        }
+    });
+    transpose(yt, rows, n)
+}
+
+/// Row `r` of `w` times one quantized input row.
+fn row_dot_q8(w: &PalletMatrix, r: usize, xq: &Q8Row) -> f32 {
+    let (row, table) = row_parts(w, r);
+    let (t8, scale) = w.table_i8(r / w.group_size());
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    // SAFETY: compiled only when AVX2 and FMA are enabled for the whole build.
+    let main = unsafe { avx2::row_dot_q8(row, t8, w.bits(), &xq.d, &xq.q) };
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    let main = {
+        let _ = (t8, row);
+        0.0
+    };
+    let tail = scalar_row_dot(row, table, w.bits(), w.cols(), [xq.x], xq.done)[0];
+    scale * main + tail
+}
+
+fn transpose(yt: Vec<f32>, rows: usize, n: usize) -> Vec<f32> {
     if n == 1 {
         return yt;
     }
@@ -140,6 +249,46 @@ pub fn gemv(w: &PalletMatrix, x: &[f32], n: usize) -> Vec<f32> {
         }
     }
     y
+}
+
+/// `y = x Wᵀ` on f32 slices, exact up to f32 rounding: `x` is `[n, cols]` row-major, the
+/// result `[n, rows]`.
+pub fn gemv_f32(w: &PalletMatrix, x: &[f32], n: usize) -> Vec<f32> {
+    let (rows, cols) = (w.rows(), w.cols());
+    let mut yt = vec![0f32; rows * n];
+    if n == 0 {
+        return yt;
+    }
+    for_row_blocks(&mut yt, rows, cols, n, |r, o| row_times_xs(w, r, x, n, o));
+    transpose(yt, rows, n)
+}
+
+/// Calls `f(row, out[row·n .. row·n + n])` for every row of `yt` (`[rows, n]`), split over
+/// the rayon pool in tasks of about [`WEIGHTS_PER_TASK`] weights; inline when the pool has one
+/// thread (no hand-off to a worker for each matmul).
+fn for_row_blocks(
+    yt: &mut [f32],
+    rows: usize,
+    cols: usize,
+    n: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    debug_assert_eq!(yt.len(), rows * n);
+    if rayon::current_num_threads() <= 1 {
+        for (r, o) in yt.chunks_exact_mut(n).enumerate() {
+            f(r, o);
+        }
+        return;
+    }
+    let rows_per_task = (WEIGHTS_PER_TASK / cols).max(1);
+    yt.par_chunks_mut(rows_per_task * n)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let r0 = task * rows_per_task;
+            for (i, o) in out.chunks_exact_mut(n).enumerate() {
+                f(r0 + i, o);
+            }
+        });
 }
 
 /// `out[i] = W[r] · x[i]` for the `n` rows of `x`, four at a time.
@@ -426,6 +575,54 @@ mod avx2 {
         out
     }
 
+    /// Σ over full super-blocks of `d_b · Σ_j t8[idx_j] · q_j` (the caller multiplies by the
+    /// group's table scale). Reads only whole super-blocks inside `row`, `d` and `q`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn row_dot_q8(row: &[u8], t8: &[i8], bits: Bits, d: &[f32], q: &[i8]) -> f32 {
+        if t8.len() < 16 {
+            return 0.0;
+        }
+        // One 16-byte load of indices per super-block: 32 columns at 4 bits, 64 at 2 bits.
+        let per = if bits == Bits::B4 { 1 } else { 2 };
+        let supers = (d.len() / per)
+            .min(q.len() / (32 * per))
+            .min(row.len() / 16);
+        // SAFETY: t8 has 16 entries (checked above).
+        let table = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(t8.as_ptr().cast())) };
+        let ones = _mm256_set1_epi16(1);
+        // Two accumulators so the FMA latency does not serialise blocks.
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let dot = |blk: usize, idx: __m256i, acc: &mut __m256| {
+            let wq = _mm256_shuffle_epi8(table, idx);
+            // SAFETY: q[32·blk .. 32·blk + 32] is inside q (blk < per · supers).
+            let xq = unsafe { _mm256_loadu_si256(q.as_ptr().add(32 * blk).cast()) };
+            // |w| · (x · sign w): unsigned × signed bytes, pairs summed to i16 without
+            // saturation (2 · 127 · 127 < 2^15), then pairs of i16 to i32.
+            let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+            let p32 = _mm256_madd_epi16(p16, ones);
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(d[blk]), *acc);
+        };
+        for b in 0..supers {
+            // SAFETY: bytes 16b..16b+16 are inside the row (b < supers ≤ row.len() / 16).
+            let v = unsafe { _mm_loadu_si128(row.as_ptr().add(16 * b).cast()) };
+            if bits == Bits::B4 {
+                let m = _mm_set1_epi8(0x0F);
+                let lo = _mm_and_si128(v, m);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), m);
+                dot(b, _mm256_set_m128i(hi, lo), &mut acc[b % 2]);
+            } else {
+                let m = _mm_set1_epi8(0x03);
+                let a0 = _mm_and_si128(v, m);
+                let a1 = _mm_and_si128(_mm_srli_epi16::<2>(v), m);
+                let a2 = _mm_and_si128(_mm_srli_epi16::<4>(v), m);
+                let a3 = _mm_and_si128(_mm_srli_epi16::<6>(v), m);
+                dot(2 * b, _mm256_set_m128i(a1, a0), &mut acc[0]);
+                dot(2 * b + 1, _mm256_set_m128i(a3, a2), &mut acc[1]);
+            }
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+
     /// Dequantizes the full chunks of `row` into `out`; returns the first column not written.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn dequantize(
@@ -498,6 +695,45 @@ mod tests {
         }
     }
 
+    /// The int8 decode kernel is within its error bound of the exact product.
+    fn within_q8_bound(
+        w: &PalletMatrix,
+        x: &[f32],
+        n: usize,
+        got: &[f32],
+        want: &[f32],
+        what: &str,
+    ) {
+        let d = w.dequantize();
+        let (rows, cols) = (w.rows(), w.cols());
+        for i in 0..n {
+            let xi = &x[i * cols..(i + 1) * cols];
+            for r in 0..rows {
+                let g = r / w.group_size();
+                let k = w.bits().centroids();
+                let tmax = w.table_f32()[g * k..(g + 1) * k]
+                    .iter()
+                    .fold(0f32, |m, v| m.max(v.abs()));
+                let mut bound = 1e-5f32;
+                // Each activation block's scale is at most the super-block's max / 127.
+                let sb = q8_super(w.bits());
+                for (b, xb) in xi.chunks(sb).enumerate() {
+                    let xmax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    for (j, xv) in xb.iter().enumerate() {
+                        let wv = d[r * cols + b * sb + j].abs();
+                        bound +=
+                            wv * xmax / 254.0 + xv.abs() * tmax / 254.0 + xmax * tmax / 64516.0;
+                    }
+                }
+                let (a, e) = (got[i * rows + r], want[i * rows + r]);
+                assert!(
+                    (a - e).abs() <= bound * 1.01,
+                    "{what}: row {r}: {a} vs {e} (bound {bound})"
+                );
+            }
+        }
+    }
+
     #[test]
     fn matches_dequantize_then_matmul_on_odd_shapes() {
         // Columns not multiples of 8/16/32/256, SmolLM2's 576 and 1536, and tiny ones.
@@ -521,12 +757,17 @@ mod tests {
                     let x = rand(1000 + n as u64, n * cols);
                     let want = reference(&w, &x, n);
                     let what = format!("[{rows}x{cols}] {bits:?} n={n}");
-                    close(&gemv(&w, &x, n), &want, &what);
+                    close(&gemv_f32(&w, &x, n), &want, &what);
+                    within_q8_bound(&w, &x, n, &gemv(&w, &x, n), &want, &what);
                     let xt = Tensor::from_vec(x.clone(), (n, cols), &Device::Cpu).expect("x");
                     let got = matmul(&xt, &w)
                         .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
                         .expect("matmul");
-                    close(&got, &want, &what);
+                    if n <= GEMV_MAX_ROWS {
+                        within_q8_bound(&w, &x, n, &got, &want, &what);
+                    } else {
+                        close(&got, &want, &what);
+                    }
                     for (r, want_r) in want.iter().enumerate().take(rows.min(5)) {
                         let s = scalar_gemv_row(&w, r, &x[..cols]);
                         assert!(

@@ -85,6 +85,10 @@ pub struct PalletMatrix {
     table: Vec<f16>,
     /// The same entries widened once, for the kernel.
     table_f32: Vec<f32>,
+    /// For 2 and 4 bits: each group's table as int8 (`[groups, 16]`, zero-padded) and its scale
+    /// (`entry ≈ scale · int8`), for the int8 decode kernel.
+    table_i8: Vec<i8>,
+    table_scale: Vec<f32>,
     /// `[rows, row_bytes]`.
     indices: Vec<u8>,
 }
@@ -153,7 +157,25 @@ impl PalletMatrix {
         if let Some(i) = table.iter().position(|x| !x.is_finite()) {
             return Err(format!("table entry {i} is not finite"));
         }
-        let table_f32 = table.iter().map(|x| x.to_f32()).collect();
+        let table_f32: Vec<f32> = table.iter().map(|x| x.to_f32()).collect();
+        let (table_i8, table_scale) = if bits == Bits::B8 {
+            (Vec::new(), Vec::new())
+        } else {
+            let mut t8 = Vec::with_capacity(rows / group_size * 16);
+            let mut sc = Vec::with_capacity(rows / group_size);
+            for g in table_f32.chunks_exact(bits.centroids()) {
+                let max = g.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let s = max / 127.0;
+                let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+                t8.extend(
+                    g.iter()
+                        .map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8),
+                );
+                t8.extend(std::iter::repeat_n(0i8, 16 - g.len()));
+                sc.push(s);
+            }
+            (t8, sc)
+        };
         Ok(PalletMatrix {
             rows,
             cols,
@@ -161,6 +183,8 @@ impl PalletMatrix {
             group_size,
             table,
             table_f32,
+            table_i8,
+            table_scale,
             indices,
         })
     }
@@ -212,6 +236,14 @@ impl PalletMatrix {
 
     pub(crate) fn table_f32(&self) -> &[f32] {
         &self.table_f32
+    }
+
+    /// Group `g`'s int8 table (16 entries) and scale; empty for 8 bits.
+    pub(crate) fn table_i8(&self, g: usize) -> (&[i8], f32) {
+        (
+            self.table_i8.get(g * 16..(g + 1) * 16).unwrap_or_default(),
+            self.table_scale.get(g).copied().unwrap_or(0.0),
+        )
     }
 
     /// The index of column `j` in row `r`.

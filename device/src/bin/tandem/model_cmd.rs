@@ -52,6 +52,10 @@ pub enum Cmd {
         /// Compute precision.
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Precision,
+        /// Feed the tokens one at a time through the KV cache (the decode path generation
+        /// uses, e.g. the int8 palletized decode kernel) instead of one pass per chunk.
+        #[arg(long)]
+        token_by_token: bool,
         /// Print exactly one JSON object.
         #[arg(long)]
         json: bool,
@@ -114,8 +118,17 @@ impl Cmd {
                 text,
                 context,
                 dtype,
+                token_by_token,
                 json,
-            } => perplexity(&model, adapter.as_deref(), &text, context, dtype, json),
+            } => perplexity(
+                &model,
+                adapter.as_deref(),
+                &text,
+                context,
+                dtype,
+                token_by_token,
+                json,
+            ),
             Cmd::Generate {
                 model,
                 adapter,
@@ -171,6 +184,7 @@ fn perplexity(
     text: &Path,
     context: Option<usize>,
     dtype: Precision,
+    token_by_token: bool,
     json: bool,
 ) -> Result<()> {
     let (m, a) = load(model, adapter, dtype)?;
@@ -204,14 +218,21 @@ fn perplexity(
     for &s in &starts {
         let window = &ids[s..(s + ctx).min(ids.len())];
         cache.reset();
-        let logits = m
-            .model
-            .forward(
-                &m.model.tokens_tensor(window)?,
-                a.as_ref().map(|a| &a.adapter),
-                &mut cache,
-            )?
-            .squeeze(0)?;
+        let adapter = a.as_ref().map(|a| &a.adapter);
+        let logits = if token_by_token {
+            let rows = window[..window.len() - 1]
+                .iter()
+                .map(|&t| {
+                    m.model
+                        .forward_last(&m.model.tokens_tensor(&[t])?, adapter, &mut cache)
+                })
+                .collect::<tandem_model::Result<Vec<_>>>()?;
+            tandem_model::Tensor::cat(&rows, 0)?
+        } else {
+            m.model
+                .forward(&m.model.tokens_tensor(window)?, adapter, &mut cache)?
+                .squeeze(0)?
+        };
         let logp = candle_nn_log_softmax(&logits)?;
         for (i, &t) in window.iter().enumerate().skip(1) {
             nll -= f64::from(logp[i - 1][t as usize]);
@@ -231,6 +252,7 @@ fn perplexity(
                 "mean_nll": nll / scored as f64,
                 "context": ctx,
                 "chunks": starts.len(),
+                "token_by_token": token_by_token,
                 "model_digest": m.digest.to_string(),
                 "adapter_digest": a.as_ref().map(|a| a.digest.to_string()),
             })

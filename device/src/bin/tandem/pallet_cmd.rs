@@ -29,6 +29,9 @@ pub enum Cmd {
     /// Per operation of a palletized model: bits, bytes, sensitivity and measured decode
     /// latency share.
     PalletizeReport(ReportArgs),
+    /// Train an accuracy-recovery LoRA adapter on a frozen palletized model (next-token loss
+    /// on a corpus), saved in the PEFT format.
+    PalletizeRecover(RecoverArgs),
 }
 
 impl Cmd {
@@ -36,6 +39,7 @@ impl Cmd {
         match self {
             Cmd::Palletize(a) => palletize(&a),
             Cmd::PalletizeReport(a) => report(&a),
+            Cmd::PalletizeRecover(a) => recover(&a),
         }
     }
 }
@@ -84,6 +88,136 @@ pub struct ReportArgs {
     /// Print exactly one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `tandem model palletize-recover`
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Palletized model directory (its weights stay frozen).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Training text (documents separated by `<|endoftext|>` lines; never the held-out split).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output adapter directory (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 200)]
+    pub steps: u64,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// LoRA alpha (scale = alpha / rank).
+    #[arg(long, default_value_t = 32.0)]
+    pub alpha: f64,
+    /// Peak learning rate (warm-up 10 % of the steps, cosine to a tenth).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Seed (adapter init, batches).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Compute threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print exactly one JSON object at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn recover(a: &RecoverArgs) -> Result<()> {
+    use tandem_model::train::optim::AdamWParams;
+    use tandem_model::train::schedule::CosineSchedule;
+    use tandem_model::train::trainer::{TrainConfig, Trainer, init_deterministic, lm_loss};
+    use tandem_model::{Adapter, AdapterConfig, Target, VarBuilder, VarMap};
+    ensure_threads(a.threads)?;
+    let dev = Device::Cpu;
+    let base = load_model(&a.model, DType::F32, &dev)
+        .with_context(|| format!("loading model {}", a.model.display()))?;
+    if !base.stored_dtypes.iter().any(|d| d.starts_with("PALLET")) {
+        bail!(
+            "{} is not palletized; run `tandem model palletize` first",
+            a.model.display()
+        );
+    }
+    let cfg = base.model.config().clone();
+    let tok_bytes =
+        std::fs::read(a.model.join("tokenizer.json")).context("reading tokenizer.json")?;
+    let stream = load_tokens(&a.data, &base.tokenizer, &tok_bytes)?;
+    let avm = VarMap::new();
+    let adapter = Adapter::new(
+        AdapterConfig::new(a.rank, a.alpha, &Target::ALL),
+        &cfg,
+        VarBuilder::from_varmap(&avm, DType::F32, &dev),
+    )?;
+    let vars: Vec<(String, tandem_model::Var)> = avm
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let tc = TrainConfig {
+        seed: a.seed,
+        batch_size: a.batch,
+        seq_len: a.seq_len,
+        schedule: CosineSchedule {
+            peak_lr: a.lr,
+            min_lr: a.lr / 10.0,
+            warmup_steps: (a.steps / 10).max(1),
+            total_steps: a.steps,
+        },
+        adamw: AdamWParams {
+            weight_decay: 0.0,
+            ..AdamWParams::default()
+        },
+        grad_clip: 1.0,
+    };
+    let mut trainer = Trainer::new(vars, tc)?;
+    init_deterministic(trainer.vars(), a.seed, cfg.num_hidden_layers)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let pb = bar(a.json, a.steps as usize, "recovery");
+    let start = Instant::now();
+    let mut ema: Option<f64> = None;
+    while trainer.step() < a.steps {
+        let (x, y) = stream.batch(a.seed, trainer.step(), a.batch, a.seq_len, &dev)?;
+        let logits = base.model.forward_train(&x, Some(&adapter))?;
+        let loss = lm_loss(&logits, &y, None)?;
+        let s = trainer.apply(&loss, (a.batch * a.seq_len) as u64)?;
+        ema = Some(ema.map_or(s.loss, |e| 0.9 * e + 0.1 * s.loss));
+        pb.set_position(s.step);
+        pb.set_message(format!("loss {:.3}", ema.unwrap_or(s.loss)));
+    }
+    pb.finish_and_clear();
+    adapter.save_pretrained(&a.out)?;
+    let v = json!({
+        "out": a.out.display().to_string(),
+        "base": base.digest.to_string(),
+        "steps": trainer.step(),
+        "tokens": trainer.tokens_seen(),
+        "final_loss_ema": ema,
+        "trainable_parameters": trainer.num_params(),
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    if a.json {
+        println!("{v}");
+    } else {
+        println!(
+            "recovery adapter in {} ({} parameters, rank {}, {} steps, loss {:.4})",
+            a.out.display(),
+            trainer.num_params(),
+            a.rank,
+            trainer.step(),
+            ema.unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
 }
 
 fn bar(json: bool, len: usize, what: &str) -> ProgressBar {

@@ -102,6 +102,11 @@ pub struct RecoverArgs {
     /// Output adapter directory (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub out: PathBuf,
+    /// The uncompressed model to match: with it the loss is distillation (KL divergence from
+    /// its next-token distribution) instead of next-token loss on the text, so the adapter
+    /// recovers the original model rather than training further on the corpus.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
     /// Optimizer steps.
     #[arg(long, default_value_t = 200)]
     pub steps: u64,
@@ -150,6 +155,21 @@ fn recover(a: &RecoverArgs) -> Result<()> {
     let tok_bytes =
         std::fs::read(a.model.join("tokenizer.json")).context("reading tokenizer.json")?;
     let stream = load_tokens(&a.data, &base.tokenizer, &tok_bytes)?;
+    let teacher = match &a.teacher {
+        Some(t) => {
+            let m = load_model(t, DType::F32, &dev)
+                .with_context(|| format!("loading teacher {}", t.display()))?;
+            if m.model.config() != &cfg {
+                bail!(
+                    "--teacher {} has another architecture than {}",
+                    t.display(),
+                    a.model.display()
+                );
+            }
+            Some(m)
+        }
+        None => None,
+    };
     let avm = VarMap::new();
     let adapter = Adapter::new(
         AdapterConfig::new(a.rank, a.alpha, &Target::ALL),
@@ -188,7 +208,16 @@ fn recover(a: &RecoverArgs) -> Result<()> {
     while trainer.step() < a.steps {
         let (x, y) = stream.batch(a.seed, trainer.step(), a.batch, a.seq_len, &dev)?;
         let logits = base.model.forward_train(&x, Some(&adapter))?;
-        let loss = lm_loss(&logits, &y, None)?;
+        let loss = match &teacher {
+            // KL(p_teacher ‖ p_student), mean over positions (Hinton et al. 2015, T = 1).
+            Some(t) => {
+                let pt = log_softmax(&t.model.forward_train(&x, None)?.detach())?;
+                let ps = log_softmax(&logits)?;
+                let kl = (pt.exp()? * (pt - ps)?)?.sum(VOCAB_DIM)?;
+                kl.mean_all()?
+            }
+            None => lm_loss(&logits, &y, None)?,
+        };
         let s = trainer.apply(&loss, (a.batch * a.seq_len) as u64)?;
         ema = Some(ema.map_or(s.loss, |e| 0.9 * e + 0.1 * s.loss));
         pb.set_position(s.step);
@@ -202,6 +231,7 @@ fn recover(a: &RecoverArgs) -> Result<()> {
         "steps": trainer.step(),
         "tokens": trainer.tokens_seen(),
         "final_loss_ema": ema,
+        "loss": if teacher.is_some() { "kl_to_teacher" } else { "next_token" },
         "trainable_parameters": trainer.num_params(),
         "seconds": start.elapsed().as_secs_f64(),
     });
@@ -218,6 +248,17 @@ fn recover(a: &RecoverArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The vocabulary dimension of `[batch, seq, vocab]` logits.
+const VOCAB_DIM: usize = 2;
+
+/// Log-softmax over the vocabulary, from differentiable ops.
+fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(VOCAB_DIM)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(VOCAB_DIM)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
 }
 
 fn bar(json: bool, len: usize, what: &str) -> ProgressBar {

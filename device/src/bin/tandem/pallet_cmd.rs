@@ -30,7 +30,8 @@ pub enum Cmd {
     /// latency share.
     PalletizeReport(ReportArgs),
     /// Train an accuracy-recovery LoRA adapter on a frozen palletized model (next-token loss
-    /// on a corpus), saved in the PEFT format.
+    /// on a corpus, or distillation from the uncompressed model), saved in the PEFT format with
+    /// 16-bit values.
     PalletizeRecover(RecoverArgs),
 }
 
@@ -224,7 +225,23 @@ fn recover(a: &RecoverArgs) -> Result<()> {
         pb.set_message(format!("loss {:.3}", ema.unwrap_or(s.loss)));
     }
     pb.finish_and_clear();
-    adapter.save_pretrained(&a.out)?;
+    // Saved with 16-bit values (the seed's recovery adapters are 16-bit); `load_adapter`
+    // converts them to the compute dtype.
+    let half: Vec<(String, Tensor)> = adapter
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_dtype(DType::F16)?)))
+        .collect::<Result<_>>()?;
+    std::fs::write(
+        a.out.join("adapter_config.json"),
+        serde_json::to_vec_pretty(&adapter.config().to_peft_json())?,
+    )
+    .with_context(|| format!("writing {}", a.out.display()))?;
+    std::fs::write(
+        a.out.join("adapter_model.safetensors"),
+        tandem_model::weights::to_bytes(&half)?,
+    )
+    .with_context(|| format!("writing {}", a.out.display()))?;
     let v = json!({
         "out": a.out.display().to_string(),
         "base": base.digest.to_string(),

@@ -41,6 +41,7 @@ impl Node for FixtureNode {
     ) -> Result<Response<AttestationBundle>, Status> {
         Ok(Response::new(AttestationBundle {
             document: self.document.clone(),
+            served_digests: Vec::new(),
         }))
     }
 

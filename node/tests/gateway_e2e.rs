@@ -67,6 +67,8 @@ enum Behavior {
 struct TestNode {
     key: NodeKey,
     document: Vec<u8>,
+    /// The directory digests it lists beside its bundle (the gateway's routing hint).
+    served: Vec<Vec<u8>>,
     behavior: Behavior,
     submits: Arc<AtomicU64>,
     hung: Mutex<Vec<mpsc::Sender<Result<v1::SubmitReply, Status>>>>,
@@ -140,6 +142,7 @@ impl Node for TestNode {
     ) -> Result<Response<v1::AttestationBundle>, Status> {
         Ok(Response::new(v1::AttestationBundle {
             document: self.document.clone(),
+            served_digests: self.served.clone(),
         }))
     }
 
@@ -271,9 +274,14 @@ async fn start_node_tls(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let submits = Arc::new(AtomicU64::new(0));
+    let mut served = vec![spec.model.to_vec()];
+    if spec.adapter {
+        served.push(ADAPTER.to_vec());
+    }
     let svc = TestNode {
         key,
         document: document.clone(),
+        served,
         behavior: spec.behavior,
         submits: submits.clone(),
         hung: Mutex::new(Vec::new()),
@@ -505,6 +513,7 @@ fn discover_returns_k_distinct_healthy_nodes_at_random() {
             let svc = TestNode {
                 key,
                 document: b"not a bundle".to_vec(),
+                served: vec![MODEL.to_vec()],
                 behavior: Behavior::Good { deltas: 1 },
                 submits: Arc::new(AtomicU64::new(0)),
                 hung: Mutex::new(Vec::new()),
@@ -598,7 +607,7 @@ fn discover_returns_k_distinct_healthy_nodes_at_random() {
 }
 
 #[test]
-fn discover_prefers_nodes_listing_the_model_and_adapter() {
+fn discover_offers_only_nodes_serving_the_model_and_adapter() {
     rt().block_on(async {
         let fleet = Fleet::new();
         let a = start_node(
@@ -650,11 +659,14 @@ fn discover_prefers_nodes_listing_the_model_and_adapter() {
             ),
             HashSet::from([2])
         );
-        // No release lists this digest (e.g. a directory digest): every healthy node is
-        // offered, the device's verifier decides.
-        assert_eq!(
-            only(discover(&mut gw.client, [0xee; 32], None, 0).await.unwrap()),
-            HashSet::from([0, 1, 2])
+        // No node serves this model: nobody is offered, and the error says so.
+        let e = discover(&mut gw.client, [0xee; 32], None, 0)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(
+            e.message().contains("no healthy node serves model"),
+            "{e:?}"
         );
     });
 }

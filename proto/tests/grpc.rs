@@ -10,10 +10,12 @@ fn attestation_bundle_carries_the_document_bytes_unchanged() {
     let document = br#"{"mediaType":"application/vnd.tandem.attestation.v1+json"}"#.to_vec();
     let bundle = AttestationBundle {
         document: document.clone(),
+        served_digests: vec![vec![7; 32], vec![9; 32]],
     };
     let bytes = bundle.encode_to_vec();
     let back = AttestationBundle::decode(bytes.as_slice()).expect("decodes");
     assert_eq!(back.document, document);
+    assert_eq!(back.served_digests, bundle.served_digests);
 }
 
 #[test]

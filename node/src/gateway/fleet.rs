@@ -4,10 +4,8 @@
 //! A health check calls the node's `GetAttestation` and parses the bundle (parsing only: the
 //! gateway is not trusted by anyone, so it does not verify; devices do). A node is healthy when
 //! the call succeeded within the timeout, the bundle parsed, and its key has not expired. The
-//! release manifest inside the bundle tells which model and adapter digests the node serves;
-//! Discover filters on them the way the device's verifier checks them
-//! (`ReleaseManifest::contains_digest`), so the gateway never offers a node the device would
-//! refuse for the wrong model.
+//! node lists beside the bundle the model and adapter directory digests it serves (a routing
+//! hint, see [`Fleet::choose`]); Discover offers only nodes listing the requested ones.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -32,7 +30,7 @@ struct Healthy {
     /// The exact bundle bytes the node returned (relayed to devices unchanged).
     document: Arc<[u8]>,
     key_expiry: u64,
-    /// Every artifact digest of the release manifest in the bundle.
+    /// The model and adapter directory digests the node says it serves.
     digests: Vec<Sha256Digest>,
 }
 
@@ -173,19 +171,19 @@ impl Fleet {
             Err(_) => State::Unhealthy(Unhealthy::Unreachable(tonic::Code::DeadlineExceeded)),
             Ok(Err(status)) => State::Unhealthy(Unhealthy::Unreachable(status.code())),
             Ok(Ok(resp)) => {
-                let document = resp.into_inner().document;
+                let v1::AttestationBundle {
+                    document,
+                    served_digests,
+                } = resp.into_inner();
                 match AttestationBundle::from_json(&document) {
                     Err(_) => State::Unhealthy(Unhealthy::BadBundle),
                     Ok(b) if b.key_expiry() <= unix_now() => State::Unhealthy(Unhealthy::Expired),
                     Ok(b) => State::Healthy(Healthy {
                         key_expiry: b.key_expiry(),
-                        digests: b
-                            .release()
-                            .statement()
-                            .manifest()
-                            .artifacts()
+                        digests: served_digests
                             .iter()
-                            .map(|a| a.sha256)
+                            .filter_map(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
+                            .map(Sha256Digest)
                             .collect(),
                         document: document.into(),
                     }),
@@ -226,13 +224,12 @@ impl Fleet {
     /// Up to `count` distinct healthy nodes for `model` (and `adapter`, if given), chosen
     /// uniformly at random with the operating system's RNG.
     ///
-    /// Which nodes serve a model: a release lists per-file digests (config, weights, tokenizer,
-    /// adapter files), while a request names the model by its directory digest
-    /// (`tandem_model::model_digest`), which cannot be derived from file digests. So the gateway
-    /// prefers nodes whose release lists the requested digests verbatim, and when no healthy
-    /// node does, offers healthy nodes anyway: the device checks the release's file digests
-    /// before sealing, and a node that does not serve the model answers NOT_FOUND, upon which
-    /// Submit tries the next handle.
+    /// Which nodes serve a model: a request names the model and adapter by their directory
+    /// digests (`tandem_model::model_digest` / `adapter_digest`), which a release's per-file
+    /// digests cannot give, so each node lists them beside its bundle (`served_digests` of its
+    /// `GetAttestation` answer) and only nodes listing both are offered. The list is a routing
+    /// hint: a node that lies gains nothing, since the device checks the verified release's
+    /// file digests before sealing and the node's receipt after.
     pub fn choose(
         &self,
         model: &Sha256Digest,
@@ -241,23 +238,20 @@ impl Fleet {
     ) -> Vec<Candidate> {
         let now = unix_now();
         let mut listed = Vec::new();
-        let mut healthy = Vec::new();
         for n in &self.nodes {
             if let State::Healthy(h) = &*n.read_state()
                 && h.key_expiry > now
+                && h.digests.contains(model)
+                && adapter.is_none_or(|a| h.digests.contains(a))
             {
-                let c = Candidate {
+                listed.push(Candidate {
                     handle: n.handle.clone(),
                     document: h.document.clone(),
-                };
-                if h.digests.contains(model) && adapter.is_none_or(|a| h.digests.contains(a)) {
-                    listed.push(c.clone());
-                }
-                healthy.push(c);
+                });
             }
         }
-        let pool = if listed.is_empty() { healthy } else { listed };
-        pool.choose_multiple(&mut rand::rngs::OsRng, count)
+        listed
+            .choose_multiple(&mut rand::rngs::OsRng, count)
             .cloned()
             .collect()
     }

@@ -103,6 +103,7 @@ impl GatewayService {
                     node_handle: c.handle,
                     attestation: Some(v1::AttestationBundle {
                         document: c.document.to_vec(),
+                        served_digests: Vec::new(),
                     }),
                 })
                 .collect(),

@@ -93,6 +93,20 @@ impl Engine {
         self.models.values()
     }
 
+    /// The content digest of every served model and adapter directory (sorted): the gateway's
+    /// routing hint.
+    pub fn served_digests(&self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = self
+            .models
+            .iter()
+            .flat_map(|(d, m)| {
+                std::iter::once(d.0.0.to_vec()).chain(m.adapters.keys().map(|a| a.0.0.to_vec()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The model with `digest`.
     pub fn model(&self, digest: &ModelDigest) -> Result<&ServedModel, Failure> {
         self.models

@@ -348,6 +348,7 @@ impl Node for NodeService {
             .ok_or_else(|| Status::unavailable("no key yet"))?;
         Ok(Response::new(v1::AttestationBundle {
             document: p.document.as_ref().clone(),
+            served_digests: self.shared.engine.served_digests(),
         }))
     }
 

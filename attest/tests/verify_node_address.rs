@@ -55,23 +55,8 @@ impl Node for FixtureNode {
 
 /// Serve `document` on 127.0.0.1:<random>; returns the runtime (keep it alive) and the address.
 fn serve(document: Vec<u8>) -> (tokio::runtime::Runtime, String) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    rt.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(NodeServer::new(FixtureNode { document }))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await
-            .unwrap();
-    });
-    (rt, addr)
+    let (rt, addr) = serve_with(document, None);
+    (rt, addr.to_string())
 }
 
 /// Like [`serve`], over TLS with a fresh self-signed certificate for `localhost`; also returns
@@ -79,7 +64,18 @@ fn serve(document: Vec<u8>) -> (tokio::runtime::Runtime, String) {
 fn serve_tls(document: Vec<u8>) -> (tokio::runtime::Runtime, u16, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let cert_pem = cert.cert.pem();
+    let identity =
+        tonic::transport::Identity::from_pem(&cert_pem, cert.signing_key.serialize_pem());
+    let (rt, addr) = serve_with(document, Some(identity));
+    (rt, addr.port(), cert_pem)
+}
+
+/// The fixture node on a loopback port, over TLS with `identity` if given.
+fn serve_with(
+    document: Vec<u8>,
+    identity: Option<tonic::transport::Identity>,
+) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -88,18 +84,21 @@ fn serve_tls(document: Vec<u8>) -> (tokio::runtime::Runtime, u16, String) {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let identity = tonic::transport::Identity::from_pem(&cert_pem, &key_pem);
+    let addr = listener.local_addr().unwrap();
     rt.spawn(async move {
-        tonic::transport::Server::builder()
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .unwrap()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(identity) = identity {
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap();
+        }
+        server
             .add_service(NodeServer::new(FixtureNode { document }))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await
             .unwrap();
     });
-    (rt, port, cert_pem)
+    (rt, addr)
 }
 
 fn verify_node(target: &str, policy: &std::path::Path) -> Output {

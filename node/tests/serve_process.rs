@@ -362,12 +362,7 @@ async fn node_with_a_tpm_root_serves_tpm_evidence() {
         panic!("no `serving` line ({line:?}); stderr:\n{err}");
     };
     let mut c = connect(addr.parse().unwrap()).await;
-    let doc = c
-        .get_attestation(tandem_proto::v1::GetAttestationRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .document;
+    let doc = attestation_document(&mut c).await;
     let cx = tandem_attest::verify::VerifyContext {
         now: now(),
         ..Default::default()
@@ -428,22 +423,24 @@ fn ca_commands_make_identities_a_policy_accepts() {
     }
     let node_dir = dir.path().join("node-1");
     let ca_key = ca_dir.join("ca.key.pem");
-    let o = run(&[
-        "ca".as_ref(),
-        "identity".as_ref(),
-        "--ca-key".as_ref(),
-        ca_key.as_os_str(),
-        "--subject".as_ref(),
-        "node-1".as_ref(),
-        "--out".as_ref(),
-        node_dir.as_os_str(),
-        "--json".as_ref(),
-    ]);
+    // `tandem-node ca identity --ca-key KEY --subject node-1 --out DIR [--json]`.
+    let identity = |key: &Path, out: &Path, json: bool| {
+        let mut c = Command::new(BIN);
+        c.args(["ca", "identity", "--subject", "node-1", "--ca-key"])
+            .arg(key)
+            .arg("--out")
+            .arg(out);
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    };
+    let o = identity(&ca_key, &node_dir, true);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["subject"], "node-1");
     // The node loads it, and the certificate verifies under ca.pub.pem.
-    let root = tandem_node::node::identity::load_software_root(
+    let mut root = tandem_node::node::identity::load_software_root(
         &node_dir.join("identity.key.pem"),
         &node_dir.join("identity.cert.json"),
     )
@@ -458,32 +455,13 @@ fn ca_commands_make_identities_a_policy_accepts() {
         key_expiry: now() + 60,
         nonce: None,
     };
-    let mut root = root;
     let ev = tandem_attest::evidence::RootOfTrust::attest(&mut root, &claims).unwrap();
     ev.verify_root(&[ca_pub]).unwrap();
     // A second identity into the same directory is refused; a wrong CA key file is explained.
-    let again = run(&[
-        "ca".as_ref(),
-        "identity".as_ref(),
-        "--ca-key".as_ref(),
-        ca_key.as_os_str(),
-        "--subject".as_ref(),
-        "node-1".as_ref(),
-        "--out".as_ref(),
-        node_dir.as_os_str(),
-    ]);
+    let again = identity(&ca_key, &node_dir, false);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds an identity"));
-    let bad = run(&[
-        "ca".as_ref(),
-        "identity".as_ref(),
-        "--ca-key".as_ref(),
-        ca_dir.join("ca.pub.pem").as_os_str(),
-        "--subject".as_ref(),
-        "x".as_ref(),
-        "--out".as_ref(),
-        dir.path().join("x").as_os_str(),
-    ]);
+    let bad = identity(&ca_dir.join("ca.pub.pem"), &dir.path().join("x"), false);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a fleet CA key"));
 }

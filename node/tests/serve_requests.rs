@@ -80,12 +80,7 @@ async fn round_trip_receipt_replay_limits_and_unknown_adapter() {
     let d = digests();
 
     // The attestation binds the published key to the logged release.
-    let doc = c
-        .get_attestation(tandem_proto::v1::GetAttestationRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .document;
+    let doc = attestation_document(&mut c).await;
     let bundle = AttestationBundle::from_json(&doc).unwrap();
     bundle.evidence().verify_binding().unwrap();
     bundle

@@ -85,9 +85,41 @@ pub fn write_software_identity(
         let mut f = o.open(&kp).map_err(|e| io(&kp, e))?;
         f.write_all(pem.as_bytes()).map_err(|e| io(&kp, e))?;
     }
-    let cp = dir.join(IDENTITY_CERT_FILE);
-    std::fs::write(&cp, cert_to_json(cert)).map_err(|e| io(&cp, e))?;
-    Ok(())
+    write_cert(dir, IDENTITY_CERT_FILE, cert)
+}
+
+/// Writes `cert` as `dir/name` (creating `dir`).
+fn write_cert(dir: &Path, name: &str, cert: &FleetCertificate) -> Result<(), NodeError> {
+    let io = |path: &Path, source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let cp = dir.join(name);
+    std::fs::write(&cp, cert_to_json(cert)).map_err(|e| io(&cp, e))
+}
+
+/// Reads a certificate file and checks it is for `role` (`what` names that role's key in the
+/// error, `hint` says what to do instead).
+fn read_cert(
+    path: &Path,
+    role: CertRole,
+    what: &str,
+    hint: &str,
+) -> Result<FleetCertificate, NodeError> {
+    let bytes = std::fs::read(path).map_err(|source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let c = cert_from_json(&bytes)?;
+    if c.role() != role {
+        return Err(NodeError::Identity(format!(
+            "{}: the certificate is not for {what} (role {:?}){hint}",
+            path.display(),
+            c.role()
+        )));
+    }
+    Ok(c)
 }
 
 /// Loads the software root from its key and certificate files.
@@ -102,17 +134,7 @@ pub fn load_software_root(key: &Path, cert: &Path) -> Result<SoftwareRoot, NodeE
             key.display()
         ))
     })?;
-    let cbytes = std::fs::read(cert).map_err(|source| NodeError::Io {
-        path: cert.to_owned(),
-        source,
-    })?;
-    let c = cert_from_json(&cbytes)?;
-    if c.role() != CertRole::NodeIdentity {
-        return Err(NodeError::Identity(format!(
-            "{}: the certificate is not for a node identity key",
-            cert.display()
-        )));
-    }
+    let c = read_cert(cert, CertRole::NodeIdentity, "a node identity key", "")?;
     SoftwareRoot::new(sk, c).map_err(|e| {
         NodeError::Identity(format!(
             "{} and {} do not belong together: {e}",
@@ -129,19 +151,12 @@ pub fn load_tpm_root(
     cert: &Path,
     release: &tandem_attest::digest::Sha256Digest,
 ) -> Result<tandem_attest::evidence::tpm_device::TpmThread, NodeError> {
-    let cbytes = std::fs::read(cert).map_err(|source| NodeError::Io {
-        path: cert.to_owned(),
-        source,
-    })?;
-    let c = cert_from_json(&cbytes)?;
-    if c.role() != CertRole::TpmAttestationKey {
-        return Err(NodeError::Identity(format!(
-            "{}: the certificate is not for a TPM attestation key (role {:?}); certify the key \
-             `tandem-node tpm-ak` prints",
-            cert.display(),
-            c.role()
-        )));
-    }
+    let c = read_cert(
+        cert,
+        CertRole::TpmAttestationKey,
+        "a TPM attestation key",
+        "; certify the key `tandem-node tpm-ak` prints",
+    )?;
     let root = tandem_attest::evidence::tpm_device::TpmThread::start(tcti, c).map_err(|e| {
         NodeError::Identity(format!("TPM at {tcti:?} with {}: {e}", cert.display()))
     })?;
@@ -152,13 +167,7 @@ pub fn load_tpm_root(
 
 /// Writes the TPM attestation key's fleet certificate into an identity directory.
 pub fn write_tpm_identity(dir: &Path, cert: &FleetCertificate) -> Result<(), NodeError> {
-    let io = |path: &Path, source| NodeError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let cp = dir.join(crate::config::AK_CERT_FILE);
-    std::fs::write(&cp, cert_to_json(cert)).map_err(|e| io(&cp, e))
+    write_cert(dir, crate::config::AK_CERT_FILE, cert)
 }
 
 #[cfg(test)]

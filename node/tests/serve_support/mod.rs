@@ -337,13 +337,18 @@ pub fn seal(
 }
 
 /// The key configs of a node's attestation.
-pub async fn key_configs(client: &mut NodeClient<tonic::transport::Channel>) -> Vec<KeyConfig> {
-    let doc = client
+/// The node's attestation bundle bytes (`GetAttestation`).
+pub async fn attestation_document(client: &mut NodeClient<tonic::transport::Channel>) -> Vec<u8> {
+    client
         .get_attestation(v1::GetAttestationRequest {})
         .await
         .unwrap()
         .into_inner()
-        .document;
+        .document
+}
+
+pub async fn key_configs(client: &mut NodeClient<tonic::transport::Channel>) -> Vec<KeyConfig> {
+    let doc = attestation_document(client).await;
     let b = tandem_attest::attestation::AttestationBundle::from_json(&doc).unwrap();
     b.key_configs().entries().to_vec()
 }

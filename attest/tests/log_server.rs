@@ -8,10 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use tandem_attest::log::batch;
 use tandem_attest::log::merkle::MemoryTree;
 use tandem_attest::log::note::{self, VerifiedCheckpoint};
 use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath};
-use tandem_attest::log::{CheckpointTracker, InclusionBundle, LogReader, NoteVerifier};
+use tandem_attest::log::{
+    BatchInclusion, CheckpointTracker, InclusionBundle, LogReader, NoteVerifier,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_attest");
 
@@ -158,6 +161,27 @@ fn check_disk_backs_checkpoint(dir: &Path, log: &NoteVerifier, round: u32) {
     }
 }
 
+/// Append `entries` with one `POST /add-batch` and check every proof (nothing if empty).
+async fn add_batch(url: &str, log: &NoteVerifier, entries: &[Vec<u8>]) -> Vec<InclusionBundle> {
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{url}/add-batch"))
+        .body(batch::encode_batch(entries).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let answer: BatchInclusion = r.json().await.unwrap();
+    let verified = answer.verify(entries, log, None, None).unwrap();
+    let bundles = answer.bundles().unwrap();
+    for (v, b) in verified.iter().zip(&bundles) {
+        assert_eq!(v.index, b.index);
+    }
+    bundles
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -181,9 +205,12 @@ fn serve_append_prove_audit_through_the_cli() {
         )
     };
     let entry = tmp.path().join("entry");
+    // Entries between the CLI's single appends go in batches (cheaper: one commit each).
+    let mut pending: Vec<Vec<u8>> = Vec::new();
     for i in 0..300u32 {
         std::fs::write(&entry, format!("release {i}")).unwrap();
         if i % 100 == 0 || i == 299 {
+            rt().block_on(add_batch(&server.url, &log, &std::mem::take(&mut pending)));
             let (ok, out, err) = cli(&[
                 "log",
                 "append",
@@ -199,7 +226,9 @@ fn serve_append_prove_audit_through_the_cli() {
             assert_eq!(b.index, u64::from(i));
             b.verify(format!("release {i}").as_bytes(), &log, None, None)
                 .unwrap();
-        } else {
+        } else if i % 10 == 5 {
+            // Some single appends over plain HTTP too.
+            rt().block_on(add_batch(&server.url, &log, &std::mem::take(&mut pending)));
             rt().block_on(async {
                 let c = reqwest::Client::new();
                 let r = c
@@ -210,6 +239,8 @@ fn serve_append_prove_audit_through_the_cli() {
                     .unwrap();
                 assert!(r.status().is_success());
             });
+        } else {
+            pending.push(format!("release {i}").into_bytes());
         }
     }
     let saved = tmp.path().join("saved.cp");
@@ -250,17 +281,56 @@ fn serve_append_prove_audit_through_the_cli() {
         entry.to_str().unwrap(),
     ]);
     assert!(!ok, "the wrong index must not prove");
-    // More entries, then an audit against the saved checkpoint.
+    // More entries: five through the CLI in two batches, the rest in batches over HTTP.
+    let files: Vec<String> = (300..305u32)
+        .map(|i| {
+            let f = tmp.path().join(format!("entry{i}"));
+            std::fs::write(&f, format!("release {i}")).unwrap();
+            f.to_str().unwrap().to_owned()
+        })
+        .collect();
+    let base = ["log", "append", "--log", &server.url, "--log-key", &vkey];
+    let mut args = base.to_vec();
+    args.push("--json");
+    args.extend(files[..3].iter().map(String::as_str));
+    let (ok, out, err) = cli(&args);
+    assert!(ok, "{err}");
+    let bundles: Vec<InclusionBundle> = serde_json::from_str(&out).unwrap();
+    assert_eq!(bundles.len(), 3);
+    for (k, b) in bundles.iter().enumerate() {
+        assert_eq!(b.index, 300 + k as u64);
+        b.verify(format!("release {}", 300 + k).as_bytes(), &log, None, None)
+            .unwrap();
+    }
+    let mut args = base.to_vec();
+    args.extend(files[3..].iter().map(String::as_str));
+    let (ok, out, err) = cli(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("entry304: entry 304 included"), "{out}");
+    // A malformed batch is refused whole; a batch larger than one entry's body limit is fine.
     rt().block_on(async {
         let c = reqwest::Client::new();
-        for i in 300..600u32 {
-            let r = c
-                .post(format!("{}/add", server.url))
-                .body(format!("release {i}"))
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
+        let r = c
+            .post(format!("{}/add-batch", server.url))
+            .body(vec![0u8, 5, b'a'])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
+        assert!(r.text().await.unwrap().contains("malformed append batch"));
+        let cp = checkpoint(&c, &server.url, &log).await;
+        assert_eq!(cp.checkpoint().size, 305);
+    });
+    rt().block_on(async {
+        let mut rest: Vec<Vec<u8>> = (305..600u32)
+            .map(|i| format!("release {i}").into_bytes())
+            .collect();
+        // Entries 305 and 306 are long: their batch is over the 64 KiB limit of `POST /add`.
+        for e in &mut rest[..2] {
+            e.resize(40_000, b'.');
+        }
+        for chunk in rest.chunks(100) {
+            add_batch(&server.url, &log, chunk).await;
         }
     });
     let (ok, out, err) = cli(&[
@@ -377,6 +447,25 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
                 tasks.push(tokio::spawn(async move {
                     let mut got = Vec::new();
                     for k in 0..10_000u32 {
+                        if w % 4 == 0 {
+                            // Every fourth writer appends batches of 8.
+                            let entries: Vec<Vec<u8>> = (0..8)
+                                .map(|j| format!("round {round} writer {w} batch {k} entry {j}"))
+                                .map(String::into_bytes)
+                                .collect();
+                            let body = batch::encode_batch(&entries).unwrap();
+                            match c.post(format!("{url}/add-batch")).body(body).send().await {
+                                Ok(r) if r.status().is_success() => {
+                                    match r.json::<BatchInclusion>().await {
+                                        Ok(a) => got
+                                            .extend(a.bundles().unwrap().into_iter().zip(entries)),
+                                        Err(_) => break,
+                                    }
+                                }
+                                _ => break,
+                            }
+                            continue;
+                        }
                         let body = format!("round {round} writer {w} entry {k}").into_bytes();
                         match c.post(format!("{url}/add")).body(body.clone()).send().await {
                             Ok(r) if r.status().is_success() => {

@@ -62,6 +62,9 @@ pub enum LogError {
     /// A tile or entry bundle is malformed.
     #[error("malformed tile: {0}")]
     MalformedTile(String),
+    /// A batch append request (`POST /add-batch`) is malformed.
+    #[error("malformed append batch: {0}")]
+    MalformedBatch(String),
     /// A signature did not verify, or the expected signature is missing.
     #[error("bad signature: {0}")]
     BadSignature(String),

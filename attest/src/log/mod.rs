@@ -6,6 +6,7 @@
 //! client shares; [`store`], the log's durable files; [`server`], its HTTP API (run by
 //! `attest log serve` and, in-process, by `tandem-node dev`). The rest is pure.
 
+pub mod batch;
 pub mod checkpoint;
 pub mod client;
 mod error;
@@ -17,6 +18,7 @@ pub mod server;
 pub mod store;
 pub mod tile;
 
+pub use batch::BatchInclusion;
 pub use checkpoint::Checkpoint;
 pub use client::{CheckpointTracker, Observation};
 pub use error::LogError;

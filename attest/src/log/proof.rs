@@ -70,6 +70,21 @@ impl InclusionBundle {
         now: Option<(u64, u64)>,
     ) -> Result<VerifiedInclusion, LogError> {
         let checkpoint = open_checkpoint(self.checkpoint.as_bytes(), log, witnesses, now)?;
+        self.verify_under(entry, &checkpoint)
+    }
+
+    /// Verify the proof of `entry` against `checkpoint`, already opened from this bundle's
+    /// checkpoint note (or an identical one, as in a [`super::batch::BatchInclusion`]).
+    pub fn verify_under(
+        &self,
+        entry: &[u8],
+        checkpoint: &VerifiedCheckpoint,
+    ) -> Result<VerifiedInclusion, LogError> {
+        if checkpoint.note_bytes() != self.checkpoint.as_bytes() {
+            return Err(LogError::MalformedProof(
+                "the bundle's checkpoint is not the one it is verified under".into(),
+            ));
+        }
         let cp = checkpoint.checkpoint();
         if cp.size != self.tree_size {
             return Err(LogError::MalformedProof(format!(
@@ -87,7 +102,7 @@ impl InclusionBundle {
         )?;
         Ok(VerifiedInclusion {
             index: self.index,
-            checkpoint,
+            checkpoint: checkpoint.clone(),
         })
     }
 }

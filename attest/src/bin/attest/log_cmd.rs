@@ -52,13 +52,18 @@ enum LogCommand {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Append an entry and print its verified inclusion proof.
+    /// Append entries and print each one's verified inclusion proof.
+    ///
+    /// One file is sent with `POST /add`. Several are sent together with `POST /add-batch`
+    /// (one durable commit and one checkpoint per request of up to 4,096 entries / 8 MiB) and
+    /// get consecutive indices in the order given.
     Append {
         #[command(flatten)]
         target: LogTarget,
-        /// File holding the entry (`-` for standard input).
-        file: PathBuf,
-        /// Print JSON (the inclusion bundle).
+        /// Files, each holding one entry (`-` for standard input, at most once).
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Print JSON: the inclusion bundle (one file) or an array of them, in file order.
         #[arg(long)]
         json: bool,
     },
@@ -121,16 +126,32 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
                 rec.previous_checkpoint,
                 rec.truncated_bytes
             );
-            runtime()?.block_on(serve(store, &listen))
+            serve_runtime()?.block_on(serve(store, &listen))
         }
-        LogCommand::Append { target, file, json } => {
-            let entry = read_input(&file)?;
-            runtime()?.block_on(client::append(
-                &target.log,
-                &load_vkey(&target.log_key)?,
-                &entry,
-                json,
-            ))
+        LogCommand::Append {
+            target,
+            files,
+            json,
+        } => {
+            if files.iter().filter(|f| *f == Path::new("-")).count() > 1 {
+                anyhow::bail!("standard input (-) can be given only once");
+            }
+            let entries = files
+                .iter()
+                .map(|f| read_input(f))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let vkey = load_vkey(&target.log_key)?;
+            if let [entry] = entries.as_slice() {
+                runtime()?.block_on(client::append(&target.log, &vkey, entry, json))
+            } else {
+                runtime()?.block_on(client::append_batch(
+                    &target.log,
+                    &vkey,
+                    &files,
+                    &entries,
+                    json,
+                ))
+            }
         }
         LogCommand::Checkpoint {
             target,
@@ -177,6 +198,15 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The server's runtime: one async worker for HTTP (the sequencer has its own thread).
+fn serve_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")

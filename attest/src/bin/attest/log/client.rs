@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use tandem_attest::log::batch::{self, BatchInclusion};
 use tandem_attest::log::merkle::MemoryTree;
 use tandem_attest::log::note::{self, VerifiedCheckpoint};
 use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath};
@@ -67,6 +68,95 @@ pub async fn append(
             verified.checkpoint.checkpoint().size,
             hex::encode(verified.checkpoint.checkpoint().root_hash)
         );
+    }
+    Ok(())
+}
+
+/// Split `entries` into batch requests within the server's limits.
+fn batch_chunks(entries: &[Vec<u8>]) -> anyhow::Result<Vec<std::ops::Range<usize>>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0usize, 0usize);
+    for (i, e) in entries.iter().enumerate() {
+        if e.len() > tile::MAX_ENTRY_LEN {
+            bail!(
+                "entry {i} is {} bytes; a log entry holds at most {}",
+                e.len(),
+                tile::MAX_ENTRY_LEN
+            );
+        }
+        let size = 2 + e.len();
+        if i > start
+            && (i - start == batch::MAX_BATCH_ENTRIES || bytes + size > batch::MAX_BATCH_BODY)
+        {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < entries.len() {
+        out.push(start..entries.len());
+    }
+    Ok(out)
+}
+
+/// Append several entries with `POST /add-batch` and verify every inclusion proof.
+pub async fn append_batch(
+    base: &str,
+    log: &NoteVerifier,
+    names: &[std::path::PathBuf],
+    entries: &[Vec<u8>],
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = http()?;
+    let u = url(base, "add-batch");
+    let chunks = batch_chunks(entries)?;
+    let bar = indicatif::ProgressBar::new(entries.len() as u64);
+    if chunks.len() < 2 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut bundles = Vec::with_capacity(entries.len());
+    let mut lines = Vec::with_capacity(entries.len());
+    for range in chunks {
+        let chunk = &entries[range.clone()];
+        let body = batch::encode_batch(chunk)?;
+        let resp = client
+            .post(&u)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {u}"))?;
+        let status = resp.status();
+        let answer = resp.bytes().await?;
+        if !status.is_success() {
+            bail!("POST {u}: {status}: {}", String::from_utf8_lossy(&answer));
+        }
+        let answer: BatchInclusion = serde_json::from_slice(&answer)
+            .context("the log's answer is not a batch inclusion answer")?;
+        let verified = answer.verify(chunk, log, None, None).with_context(|| {
+            format!(
+                "the log's proofs for entries {}..{} do not verify",
+                range.start, range.end
+            )
+        })?;
+        for (k, v) in verified.iter().enumerate() {
+            lines.push(format!(
+                "{}: entry {} included under checkpoint of size {} (root {})",
+                names[range.start + k].display(),
+                v.index,
+                v.checkpoint.checkpoint().size,
+                hex::encode(v.checkpoint.checkpoint().root_hash)
+            ));
+        }
+        bundles.extend(answer.bundles()?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&bundles)?);
+    } else {
+        for l in lines {
+            println!("{l}");
+        }
     }
     Ok(())
 }

@@ -10,7 +10,8 @@
 //!   `LOG_BENCH_BATCH` (default 100) entries per request to `/add-batch` over HTTP/1.1.
 //!
 //! `LOG_BENCH_CASES` (comma-separated) picks some of them; `LOG_BENCH_ENTRIES` (default 100000)
-//! is the number of entries per case. Every answer carries inclusion proofs for its entries.
+//! is the number of entries per case; `LOG_BENCH_HTTP_THREADS` sets the server's
+//! `--http-threads`. Every answer carries inclusion proofs for its entries.
 //!
 //! `LOG_BENCH_STORE_BATCH=N` instead drives the server's durable store directly (the same
 //! `LogStore::append_batch` the sequencer calls: WAL, tiles and checkpoint synced per batch)
@@ -56,6 +57,11 @@ fn start_server(bin: &str, key: &Path, dir: &Path) -> (Child, String) {
         .arg(dir)
         .arg("--key")
         .arg(key)
+        .args(
+            std::env::var("LOG_BENCH_HTTP_THREADS")
+                .map(|t| vec!["--http-threads".to_owned(), t])
+                .unwrap_or_default(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -51,6 +51,10 @@ enum LogCommand {
         /// The private key file written by `attest log keygen`.
         #[arg(long)]
         key: PathBuf,
+        /// Threads serving HTTP (default: one less than the CPUs, at least one; the sequencer
+        /// that commits batches has a thread of its own).
+        #[arg(long)]
+        http_threads: Option<usize>,
     },
     /// Append entries and print each one's verified inclusion proof.
     ///
@@ -115,7 +119,12 @@ enum LogCommand {
 pub fn run(args: LogArgs) -> anyhow::Result<()> {
     match args.command {
         LogCommand::Keygen { origin, out } => keygen(&origin, &out),
-        LogCommand::Serve { dir, listen, key } => {
+        LogCommand::Serve {
+            dir,
+            listen,
+            key,
+            http_threads,
+        } => {
             // Validate everything before binding the port.
             let signer = load_signer(&key)?;
             let (store, rec) = LogStore::open(&dir, signer)?;
@@ -126,7 +135,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
                 rec.previous_checkpoint,
                 rec.truncated_bytes
             );
-            serve_runtime()?.block_on(serve(store, &listen))
+            serve_runtime(http_threads)?.block_on(serve(store, &listen))
         }
         LogCommand::Append {
             target,
@@ -203,10 +212,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// The server's runtime: one async worker for HTTP (the sequencer has its own thread).
-fn serve_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The server's runtime: `threads` async workers for HTTP, by default one less than the CPUs
+/// (the sequencer has its own thread).
+fn serve_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = threads.unwrap_or(cpus.saturating_sub(1)).max(1);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(threads)
         .enable_all()
         .build()
         .context("starting the async runtime")

@@ -8,7 +8,8 @@
 //! - `checkpoint`: the published signed checkpoint, replaced by rename.
 //!
 //! Order of a commit (group commit of a batch), with one round of syncs per step, each round's
-//! syncs issued in parallel so the filesystem folds them into one journal commit:
+//! syncs issued in parallel (a journaling filesystem folds them into one journal commit; without
+//! a journal their I/O at least overlaps):
 //! 1. append the batch to the WAL, write every tile that changed and the new checkpoint to
 //!    temporary files; fsync the WAL and every temporary file;
 //! 2. rename the tiles into place and fsync every directory that gained an entry;

@@ -40,7 +40,7 @@ enum LogCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Serve the log (C2SP tlog-tiles read API plus `POST /add`).
+    /// Serve the log (C2SP tlog-tiles read API plus `POST /add` and `POST /add-batch`).
     Serve {
         /// Directory holding the log's WAL, tiles and checkpoint (created if missing).
         #[arg(long)]

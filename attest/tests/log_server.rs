@@ -320,6 +320,18 @@ fn serve_append_prove_audit_through_the_cli() {
         assert!(r.text().await.unwrap().contains("malformed append batch"));
         let cp = checkpoint(&c, &server.url, &log).await;
         assert_eq!(cp.checkpoint().size, 305);
+        // HTTP/2 (cleartext, prior knowledge) is served too.
+        let h2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let r = h2
+            .get(format!("{}/checkpoint", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.bytes().await.unwrap(), cp.note_bytes());
     });
     rt().block_on(async {
         let mut rest: Vec<Vec<u8>> = (305..600u32)

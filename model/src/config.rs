@@ -41,7 +41,15 @@ pub struct Config {
     /// Beginning-of-sequence token id, if the config names one (informational: tokenization
     /// adds a BOS only if `tokenizer.json`'s post-processor says so).
     pub bos_token_id: Option<u32>,
+    /// Tandem extension (`tandem_base_adapter`): the name of a PEFT adapter directory inside the
+    /// model directory that is part of the model: its files are covered by the model digest and
+    /// it is applied whenever no task adapter is (the accuracy-recovery adapter of a palletized
+    /// model). A plain directory name, never a path.
+    pub base_adapter: Option<String>,
 }
+
+/// The `config.json` key naming a model's base adapter (see [`Config::base_adapter`]).
+pub const BASE_ADAPTER_KEY: &str = "tandem_base_adapter";
 
 /// The raw JSON fields, before validation. Unknown fields are ignored.
 #[derive(Deserialize)]
@@ -65,6 +73,7 @@ struct RawConfig {
     mlp_bias: Option<bool>,
     eos_token_id: Option<Value>,
     bos_token_id: Option<Value>,
+    tandem_base_adapter: Option<String>,
 }
 
 /// Model types whose checkpoints are the plain Llama architecture this crate implements.
@@ -172,6 +181,21 @@ impl Config {
             )));
         }
 
+        let base_adapter = match raw.tandem_base_adapter {
+            None => None,
+            Some(name)
+                if name.is_empty()
+                    || name == "."
+                    || name == ".."
+                    || name.contains(['/', '\\', '\0']) =>
+            {
+                return Err(bad(format!(
+                    "`{BASE_ADAPTER_KEY}` must be a plain directory name inside the model directory, not `{name}`"
+                )));
+            }
+            Some(name) => Some(name),
+        };
+
         Ok(Config {
             vocab_size: need(raw.vocab_size, "vocab_size")?,
             hidden_size,
@@ -191,6 +215,7 @@ impl Config {
                 .map_err(|e| bad(format!("bos_token_id: {e}")))?
                 .first()
                 .copied(),
+            base_adapter,
         })
     }
 
@@ -201,7 +226,7 @@ impl Config {
             [one] => (*one).into(),
             many => many.to_vec().into(),
         };
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
             "vocab_size": self.vocab_size,
@@ -222,7 +247,11 @@ impl Config {
             "bos_token_id": self.bos_token_id,
             "eos_token_id": eos,
             "torch_dtype": "float32",
-        })
+        });
+        if let (Some(name), Some(obj)) = (&self.base_adapter, v.as_object_mut()) {
+            obj.insert(BASE_ADAPTER_KEY.into(), name.clone().into());
+        }
+        v
     }
 
     /// Query heads per key/value head.

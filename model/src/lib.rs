@@ -60,10 +60,10 @@ pub use config::Config;
 pub use digest::{AdapterDigest, ModelDigest, Sha256Digest};
 pub use error::{AdapterError, Error, LoadError, Result, UsageError};
 pub use generate::{FinishReason, GenerateParams, Generation};
-pub use llama::{Cache, Model};
+pub use llama::{Cache, KvFormat, Model};
 pub use loader::{
-    LoadedAdapter, LoadedModel, adapter_digest, adapter_files, load_adapter, load_model,
-    model_digest, model_files,
+    LoadedAdapter, LoadedModel, adapter_digest, adapter_files, install_base_adapter, load_adapter,
+    load_model, model_digest, model_files,
 };
 pub use lora::{Adapter, AdapterConfig, Target};
 pub use pallet::{Bits, PalletFile, PalletMatrix, PalletPlan};

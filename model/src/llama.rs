@@ -141,8 +141,8 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, differentiable: bool) -> Resu
 /// One cache belongs to one batch of sequences; the model it runs with is passed to every call.
 #[derive(Debug)]
 pub struct Cache {
-    /// Per layer `(k, v)`, each `[batch, kv_heads, capacity, head_dim]`, contiguous.
-    kv: Vec<(Tensor, Tensor)>,
+    /// Per layer keys and values, each `[batch, kv_heads, capacity, head_dim]`, contiguous.
+    kv: Vec<LayerKv>,
     /// Slots filled so far (shared by all sequences of the batch).
     len: usize,
     capacity: usize,
@@ -153,6 +153,16 @@ pub struct Cache {
 impl Cache {
     /// A cache for `batch` sequences of up to `capacity` tokens each (padding included).
     pub fn new(model: &Model, batch: usize, capacity: usize) -> Result<Self> {
+        Self::with_format(model, batch, capacity, KvFormat::Dense)
+    }
+
+    /// [`Cache::new`] with keys and values stored as `format` says.
+    pub fn with_format(
+        model: &Model,
+        batch: usize,
+        capacity: usize,
+        format: KvFormat,
+    ) -> Result<Self> {
         let cfg = &model.cfg;
         if batch == 0 || capacity == 0 {
             return Err(UsageError::Empty("cache batch and capacity must be non-zero").into());
@@ -166,12 +176,22 @@ impl Cache {
             .into());
         }
         let shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim);
+        let scales = (batch, cfg.num_key_value_heads, capacity, 1);
+        let dev = &model.device;
         let kv = (0..cfg.num_hidden_layers)
             .map(|_| {
-                Ok((
-                    Tensor::zeros(shape, model.dtype, &model.device)?,
-                    Tensor::zeros(shape, model.dtype, &model.device)?,
-                ))
+                Ok(match format {
+                    KvFormat::Dense => LayerKv::Dense {
+                        k: Tensor::zeros(shape, model.dtype, dev)?,
+                        v: Tensor::zeros(shape, model.dtype, dev)?,
+                    },
+                    KvFormat::Int8 => LayerKv::Int8 {
+                        k: Tensor::zeros(shape, DType::U8, dev)?,
+                        k_scale: Tensor::zeros(scales, DType::F32, dev)?,
+                        v: Tensor::zeros(shape, DType::U8, dev)?,
+                        v_scale: Tensor::zeros(scales, DType::F32, dev)?,
+                    },
+                })
             })
             .collect::<Result<_>>()?;
         Ok(Cache {
@@ -180,6 +200,19 @@ impl Cache {
             capacity,
             pad: vec![0; batch],
         })
+    }
+
+    /// How keys and values are stored.
+    pub fn format(&self) -> KvFormat {
+        match self.kv.first() {
+            Some(LayerKv::Int8 { .. }) => KvFormat::Int8,
+            _ => KvFormat::Dense,
+        }
+    }
+
+    /// Bytes the stored keys and values (and their scales) take.
+    pub fn bytes(&self) -> usize {
+        self.kv.iter().map(LayerKv::bytes).sum()
     }
 
     /// Slots used so far (the longest sequence's length, padding included).
@@ -275,14 +308,124 @@ impl Cache {
     }
 }
 
+/// How a [`Cache`] stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvFormat {
+    /// In the model's compute dtype (exact).
+    #[default]
+    Dense,
+    /// 8-bit: each key and value vector (one position of one head) as bytes with its own f32
+    /// scale (symmetric, `absmax / 127`), dequantized when attention reads it. A quarter of
+    /// the f32 cache's bytes (plus one scale per vector); the activation quantization of the
+    /// seed's on-device optimizations.
+    Int8,
+}
+
+impl std::str::FromStr for KvFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "dense" => Ok(KvFormat::Dense),
+            "int8" => Ok(KvFormat::Int8),
+            _ => Err(format!(
+                "unknown KV cache format `{s}`: expected `dense` or `int8`"
+            )),
+        }
+    }
+}
+
+/// One layer's cached keys and values.
+#[derive(Debug)]
+enum LayerKv {
+    Dense {
+        k: Tensor,
+        v: Tensor,
+    },
+    Int8 {
+        k: Tensor,
+        k_scale: Tensor,
+        v: Tensor,
+        v_scale: Tensor,
+    },
+}
+
+/// Quantizes `[b, h, seq, hd]` to bytes (offset 128) and per-vector f32 scales `[b, h, seq, 1]`.
+fn quantize_int8(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let x = x.to_dtype(DType::F32)?;
+    let scale = (x.abs()?.max_keepdim(D::Minus1)? / 127.0)?.maximum(f32::MIN_POSITIVE)?;
+    let q = x
+        .broadcast_div(&scale)?
+        .round()?
+        .affine(1.0, 128.0)?
+        .clamp(0f32, 255f32)?
+        .to_dtype(DType::U8)?;
+    Ok((q, scale))
+}
+
+fn dequantize_int8(q: &Tensor, scale: &Tensor, dtype: DType) -> Result<Tensor> {
+    Ok(q.to_dtype(DType::F32)?
+        .affine(1.0, -128.0)?
+        .broadcast_mul(scale)?
+        .to_dtype(dtype)?)
+}
+
+impl LayerKv {
+    fn bytes(&self) -> usize {
+        let b = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        match self {
+            LayerKv::Dense { k, v } => b(k) + b(v),
+            LayerKv::Int8 {
+                k,
+                k_scale,
+                v,
+                v_scale,
+            } => b(k) + b(k_scale) + b(v) + b(v_scale),
+        }
+    }
+
+    /// Writes this call's `k`, `v` (`[b, h, seq, hd]`) at `offset` and returns slots
+    /// `0..offset + seq` in `dtype`.
+    fn append(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        offset: usize,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        let seq = k.dim(2)?;
+        let len = offset + seq;
+        match self {
+            LayerKv::Dense { k: kc, v: vc } => {
+                // In-place append: no re-concatenation per token.
+                kc.slice_set(&k.contiguous()?, 2, offset)?;
+                vc.slice_set(&v.contiguous()?, 2, offset)?;
+                Ok((kc.narrow(2, 0, len)?, vc.narrow(2, 0, len)?))
+            }
+            LayerKv::Int8 {
+                k: kc,
+                k_scale,
+                v: vc,
+                v_scale,
+            } => {
+                let (kq, ks) = quantize_int8(k)?;
+                let (vq, vs) = quantize_int8(v)?;
+                kc.slice_set(&kq.contiguous()?, 2, offset)?;
+                k_scale.slice_set(&ks.contiguous()?, 2, offset)?;
+                vc.slice_set(&vq.contiguous()?, 2, offset)?;
+                v_scale.slice_set(&vs.contiguous()?, 2, offset)?;
+                Ok((
+                    dequantize_int8(&kc.narrow(2, 0, len)?, &k_scale.narrow(2, 0, len)?, dtype)?,
+                    dequantize_int8(&vc.narrow(2, 0, len)?, &v_scale.narrow(2, 0, len)?, dtype)?,
+                ))
+            }
+        }
+    }
+}
+
 /// Where a layer's keys and values go in one call.
 enum Kv<'a> {
     /// Written into the cache at `offset`; attention reads slots `0..offset + seq`.
-    Cached {
-        k: &'a Tensor,
-        v: &'a Tensor,
-        offset: usize,
-    },
+    Cached { layer: &'a LayerKv, offset: usize },
     /// No cache: attention reads only this call's keys (training).
     Fresh,
 }
@@ -468,19 +611,7 @@ impl Attention {
         let k = apply_rope(&k, cos, sin, differentiable)?;
 
         let (k, v) = match kv {
-            Kv::Cached {
-                k: kc,
-                v: vc,
-                offset,
-            } => {
-                // In-place append: no re-concatenation per token.
-                kc.slice_set(&k.contiguous()?, 2, offset)?;
-                vc.slice_set(&v, 2, offset)?;
-                (
-                    kc.narrow(2, 0, offset + seq)?,
-                    vc.narrow(2, 0, offset + seq)?,
-                )
-            }
+            Kv::Cached { layer, offset } => layer.append(&k, &v, offset, q.dtype())?,
             Kv::Fresh => (k, v),
         };
         let kv_len = k.dim(2)?;
@@ -590,6 +721,8 @@ pub struct Model {
     rope: Rope,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
+    /// Applied whenever a forward pass is given no adapter (see [`Config::base_adapter`]).
+    base_adapter: Option<std::sync::Arc<Adapter>>,
 }
 
 impl Model {
@@ -645,7 +778,20 @@ impl Model {
             lm_head,
             dtype,
             device,
+            base_adapter: None,
         })
+    }
+
+    /// The adapter applied when a forward pass is given none: the model directory's base
+    /// adapter (an accuracy-recovery adapter), if it has one. A task adapter replaces it (task
+    /// adapters of such a model are trained starting from it).
+    pub fn base_adapter(&self) -> Option<&Adapter> {
+        self.base_adapter.as_deref()
+    }
+
+    /// Sets (or clears) the base adapter. It must fit this architecture.
+    pub fn set_base_adapter(&mut self, adapter: Option<Adapter>) {
+        self.base_adapter = adapter.map(std::sync::Arc::new);
     }
 
     /// The architecture.
@@ -735,6 +881,7 @@ impl Model {
             .flat_map(|i| (0..seq).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
             .collect();
         let mask = Tensor::from_vec(mask, (1, 1, 1, seq, seq), &self.device)?;
+        let adapter = adapter.or(self.base_adapter());
         let mut x = self.embed(input_ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward(
@@ -780,15 +927,19 @@ impl Model {
         let (cos, sin) = self.rope.select(&cache.positions(seq, &self.device)?)?;
         let mask = cache.mask(seq, &self.device)?;
         let offset = cache.len;
+        let adapter = adapter.or(self.base_adapter());
         let mut x = self.embed(tokens)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let (k, v) = &cache.kv[i];
+            let layer_kv = &cache.kv[i];
             x = self.layer_forward(
                 layer,
                 &x,
                 (&cos, &sin),
                 mask.as_ref(),
-                Kv::Cached { k, v, offset },
+                Kv::Cached {
+                    layer: layer_kv,
+                    offset,
+                },
                 adapter.map(|a| a.layer(i)),
                 false,
             )?;
@@ -962,6 +1113,8 @@ impl Model {
     pub fn merge_adapter(&self, adapter: &Adapter) -> Result<Model> {
         adapter.check_fits(&self.cfg)?;
         let mut merged = self.clone();
+        // `adapter` replaces the base adapter (task adapters are trained starting from it).
+        merged.base_adapter = None;
         for (i, layer) in merged.layers.iter_mut().enumerate() {
             for t in Target::ALL {
                 if let Some(l) = adapter.layer(i).get(t) {

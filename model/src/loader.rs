@@ -163,11 +163,48 @@ pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if !tok_path.is_file() {
         return Err(LoadError::TokenizerMissing { path: tok_path }.into());
     }
+    let cfg = Config::from_json(&read(&config_path)?, &config_path)?;
     let (shards, index) = weight_files(dir)?;
     let mut files = vec![config_path, tok_path];
     files.extend(index);
     files.extend(shards);
+    files.extend(base_adapter_files(dir, &cfg)?);
     Ok(files)
+}
+
+/// The files of the base adapter `cfg` names (empty when it names none); each must exist.
+fn base_adapter_files(dir: &Path, cfg: &Config) -> std::result::Result<Vec<PathBuf>, LoadError> {
+    let Some(name) = &cfg.base_adapter else {
+        return Ok(Vec::new());
+    };
+    let files = adapter_files(&dir.join(name));
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        return Err(LoadError::Config {
+            path: dir.join(CONFIG_FILE),
+            reason: format!(
+                "`{}` names the base adapter `{name}`, but {} does not exist",
+                crate::config::BASE_ADAPTER_KEY,
+                missing.display()
+            ),
+        });
+    }
+    Ok(files)
+}
+
+/// Loads the base adapter `cfg` names (if any) and attaches it to `model`.
+fn attach_base_adapter(
+    dir: &Path,
+    cfg: &Config,
+    model: &mut Model,
+    dtype: DType,
+    device: &Device,
+) -> Result<()> {
+    if let Some(name) = &cfg.base_adapter {
+        base_adapter_files(dir, cfg)?;
+        let loaded = load_adapter(&dir.join(name), cfg, dtype, device)?;
+        model.set_base_adapter(Some(loaded.adapter));
+    }
+    Ok(())
 }
 
 /// The content digest of a model directory without loading its weights (the same value
@@ -251,9 +288,11 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
             }
             .into());
         }
-        let (model, stored_dtypes) = load_palletized(&shards[0], &cfg, dtype, device)?;
+        let (mut model, stored_dtypes) = load_palletized(&shards[0], &cfg, dtype, device)?;
+        attach_base_adapter(dir, &cfg, &mut model, dtype, device)?;
         let file_bytes = shards[0].metadata().map(|m| m.len()).unwrap_or(0);
-        let digest_set = vec![config_path, tok_path, shards[0].clone()];
+        let mut digest_set = vec![config_path, tok_path, shards[0].clone()];
+        digest_set.extend(base_adapter_files(dir, &cfg)?);
         let digest = ModelDigest(digest_files(&digest_set).map_err(|source| LoadError::Io {
             path: dir.to_owned(),
             source,
@@ -318,7 +357,8 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
         tensors.insert(name.clone(), f.read(name, dtype, device)?);
     }
     drop(files);
-    let model = Model::new(&cfg, VarBuilder::from_tensors(tensors, dtype, device))?;
+    let mut model = Model::new(&cfg, VarBuilder::from_tensors(tensors, dtype, device))?;
+    attach_base_adapter(dir, &cfg, &mut model, dtype, device)?;
 
     // 6. Digest over exactly the files read.
     let mut digest_set = vec![config_path, tok_path];
@@ -328,6 +368,7 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
         .map(|p| p.metadata().map(|m| m.len()).unwrap_or(0))
         .sum();
     digest_set.extend(shards);
+    digest_set.extend(base_adapter_files(dir, &cfg)?);
     let digest = ModelDigest(digest_files(&digest_set).map_err(|source| LoadError::Io {
         path: dir.to_owned(),
         source,
@@ -524,8 +565,54 @@ impl Model {
         write(
             dir.join(WEIGHTS_FILE),
             &tensor_bytes(&self.named_tensors())?,
-        )
+        )?;
+        if let (Some(name), Some(adapter)) = (&self.config().base_adapter, self.base_adapter()) {
+            let adir = dir.join(name);
+            std::fs::create_dir_all(&adir).map_err(|source| Error::Write {
+                path: adir.clone(),
+                source,
+            })?;
+            adapter.save_pretrained(&adir)?;
+        }
+        Ok(())
     }
+}
+
+/// Makes the adapter in `adapter_dir` the base adapter of the model in `model_dir` (see
+/// [`Config::base_adapter`]): checks that it loads against the model's architecture, copies
+/// its files to `model_dir/<name>/` and records `name` in `config.json` (other keys kept).
+/// The model's digest changes: it now covers the adapter's files.
+pub fn install_base_adapter(model_dir: &Path, adapter_dir: &Path, name: &str) -> Result<()> {
+    let config_path = model_dir.join(CONFIG_FILE);
+    let bytes = read(&config_path)?;
+    let cfg = Config::from_json(&bytes, &config_path)?;
+    // The name must pass the same check `config.json` readers apply.
+    let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| LoadError::Config {
+        path: config_path.clone(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    let obj = v.as_object_mut().ok_or_else(|| LoadError::Config {
+        path: config_path.clone(),
+        reason: "not a JSON object".into(),
+    })?;
+    obj.insert(
+        crate::config::BASE_ADAPTER_KEY.into(),
+        Value::String(name.into()),
+    );
+    let new_bytes = json_bytes(&v);
+    Config::from_json(&new_bytes, &config_path)?;
+    load_adapter(adapter_dir, &cfg, DType::F32, &Device::Cpu)?;
+    let dest = model_dir.join(name);
+    std::fs::create_dir_all(&dest).map_err(|source| Error::Write {
+        path: dest.clone(),
+        source,
+    })?;
+    for src in adapter_files(adapter_dir) {
+        let file_name = src.file_name().unwrap_or_default().to_owned();
+        let bytes = read(&src)?;
+        write(dest.join(file_name), &bytes)?;
+    }
+    write(config_path, &new_bytes)
 }
 
 impl Adapter {

@@ -77,6 +77,7 @@ mod tests {
             tie_word_embeddings: true,
             eos_token_ids: vec![0],
             bos_token_id: None,
+            base_adapter: None,
         }
     }
 

@@ -56,6 +56,10 @@ pub enum Cmd {
         /// uses, e.g. the int8 palletized decode kernel) instead of one pass per chunk.
         #[arg(long)]
         token_by_token: bool,
+        /// KV cache storage: `dense` (compute dtype) or `int8` (one byte per value plus a
+        /// scale per vector). Only matters with --token-by-token, where the cache is re-read.
+        #[arg(long, default_value = "dense")]
+        kv_cache: tandem_model::KvFormat,
         /// Print exactly one JSON object.
         #[arg(long)]
         json: bool,
@@ -119,6 +123,7 @@ impl Cmd {
                 context,
                 dtype,
                 token_by_token,
+                kv_cache,
                 json,
             } => perplexity(
                 &model,
@@ -127,6 +132,7 @@ impl Cmd {
                 context,
                 dtype,
                 token_by_token,
+                kv_cache,
                 json,
             ),
             Cmd::Generate {
@@ -185,6 +191,7 @@ fn perplexity(
     context: Option<usize>,
     dtype: Precision,
     token_by_token: bool,
+    kv_cache: tandem_model::KvFormat,
     json: bool,
 ) -> Result<()> {
     let (m, a) = load(model, adapter, dtype)?;
@@ -214,7 +221,7 @@ fn perplexity(
         )
     };
     let (mut nll, mut scored) = (0f64, 0usize);
-    let mut cache = Cache::new(&m.model, 1, ctx)?;
+    let mut cache = Cache::with_format(&m.model, 1, ctx, kv_cache)?;
     for &s in &starts {
         let window = &ids[s..(s + ctx).min(ids.len())];
         cache.reset();
@@ -253,6 +260,8 @@ fn perplexity(
                 "context": ctx,
                 "chunks": starts.len(),
                 "token_by_token": token_by_token,
+                "kv_cache": format!("{kv_cache:?}").to_lowercase(),
+                "kv_cache_bytes": cache.bytes(),
                 "model_digest": m.digest.to_string(),
                 "adapter_digest": a.as_ref().map(|a| a.digest.to_string()),
             })

@@ -132,10 +132,18 @@ pub struct RecoverArgs {
     /// Compute threads.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also make the adapter part of the model: copy it to MODEL/recovery/ and name it in
+    /// MODEL/config.json (`tandem_base_adapter`), so it is applied whenever no task adapter is,
+    /// task adapters trained on MODEL start from it, and the model digest covers it.
+    #[arg(long)]
+    pub install: bool,
     /// Print exactly one JSON object at the end.
     #[arg(long)]
     pub json: bool,
 }
+
+/// The directory name `palletize-recover --install` gives the recovery adapter in the model.
+const RECOVERY_DIR: &str = "recovery";
 
 fn recover(a: &RecoverArgs) -> Result<()> {
     use tandem_model::train::optim::AdamWParams;
@@ -242,8 +250,21 @@ fn recover(a: &RecoverArgs) -> Result<()> {
         tandem_model::weights::to_bytes(&half)?,
     )
     .with_context(|| format!("writing {}", a.out.display()))?;
+    let installed = if a.install {
+        tandem_model::install_base_adapter(&a.model, &a.out, RECOVERY_DIR).with_context(|| {
+            format!(
+                "installing {} as the base adapter of {}",
+                a.out.display(),
+                a.model.display()
+            )
+        })?;
+        Some(tandem_model::model_digest(&a.model)?.to_string())
+    } else {
+        None
+    };
     let v = json!({
         "out": a.out.display().to_string(),
+        "installed_model_digest": installed,
         "base": base.digest.to_string(),
         "steps": trainer.step(),
         "tokens": trainer.tokens_seen(),
@@ -263,6 +284,12 @@ fn recover(a: &RecoverArgs) -> Result<()> {
             trainer.step(),
             ema.unwrap_or(f64::NAN)
         );
+        if let Some(d) = &installed {
+            println!(
+                "installed as {}/{RECOVERY_DIR} (the base adapter); model digest now {d}",
+                a.model.display()
+            );
+        }
     }
     Ok(())
 }

@@ -139,6 +139,7 @@ pub fn preset(name: &str, vocab: usize) -> Option<Config> {
         tie_word_embeddings: true,
         eos_token_ids: vec![0],
         bos_token_id: None,
+        base_adapter: None,
     })
 }
 
@@ -525,7 +526,24 @@ pub fn train_adapter(a: &TrainAdapterArgs) -> Result<()> {
     let batcher = TaskBatcher::new(tokenized, eos)?;
 
     let avm = VarMap::new();
-    let acfg = AdapterConfig::new(a.rank, a.alpha, &Target::ALL);
+    // A model with a base (accuracy-recovery) adapter: the task adapter replaces it when
+    // applied, so it starts from it (as the seed's task adapters start from the recovery
+    // adapter) and has its rank and targets.
+    let start_from = base.model.base_adapter();
+    let acfg = match start_from {
+        Some(b) => {
+            let c = b.config().clone();
+            let rank = c.r;
+            if rank != a.rank {
+                bail!(
+                    "{} has a base adapter of rank {rank}; task adapters start from it, so pass --rank {rank}",
+                    a.model.display()
+                );
+            }
+            c
+        }
+        None => AdapterConfig::new(a.rank, a.alpha, &Target::ALL),
+    };
     let adapter = Adapter::new(acfg, &cfg, VarBuilder::from_varmap(&avm, DType::F32, &dev))?;
     let vars = named_vars(&avm)?;
     let tc = TrainConfig {
@@ -546,6 +564,16 @@ pub fn train_adapter(a: &TrainAdapterArgs) -> Result<()> {
     };
     let mut trainer = Trainer::new(vars, tc)?;
     init_deterministic(trainer.vars(), a.seed, cfg.num_hidden_layers)?;
+    if let Some(b) = start_from {
+        let from: std::collections::HashMap<String, tandem_model::Tensor> =
+            b.named_tensors().into_iter().collect();
+        for (name, var) in trainer.vars() {
+            let t = from
+                .get(name)
+                .with_context(|| format!("the base adapter has no tensor `{name}`"))?;
+            var.set(&t.to_dtype(DType::F32)?)?;
+        }
+    }
     let meta = json!({ "task": task.name(), "base": base.digest.to_string(), "rank": a.rank, "alpha": a.alpha });
     if let Some(r) = &a.resume {
         let m = checkpoint::load(r, &mut trainer)?;
@@ -554,11 +582,16 @@ pub fn train_adapter(a: &TrainAdapterArgs) -> Result<()> {
         }
     }
     println!(
-        "adapter `{}`: {} trainable parameters (rank {}, base {} frozen); {} training examples from {} sentences",
+        "adapter `{}`: {} trainable parameters (rank {}, base {} frozen{}); {} training examples from {} sentences",
         task.name(),
         trainer.num_params(),
         a.rank,
         base.digest,
+        if start_from.is_some() {
+            ", starting from its base adapter"
+        } else {
+            ""
+        },
         batcher.len(),
         sentences.len()
     );

@@ -82,3 +82,31 @@ for t in proofread truecase; do  # base model with the same prompt, for comparis
   $T eval task --model models/device --task $t --examples models/data/$t-heldout.jsonl --limit 300 --json > data/runs/eval/task-device-$t-base.json
 done
 python3 models/write_cards.py
+
+# 7. (2026-11-28, issue 5) The embedded device model becomes the palletized one. The f16 model
+#    installed above as models/device was moved, unchanged, to models/device-f16 (its old task
+#    adapters dropped; they are in git history). Then: palletize to 3.5 bits per weight
+#    (calibration on training text), train the accuracy-recovery adapter by distillation from the
+#    f16 model and install it as the model's base adapter (config.json `tandem_base_adapter`),
+#    train the task adapters on the palletized model (they start from the recovery adapter), and
+#    evaluate. write_cards.py predates this step: models/device/MODEL_CARD.md and the device rows
+#    of EVAL.md were written from the JSON lines below.
+git mv models/device models/device-f16 && git rm -rq models/device-f16/adapters
+S=data/runs/swap; mkdir -p $S/eval
+$T model palletize --model models/device-f16 --bpw 3.5 --calibration data/corpus/train.txt --out $S/device --json > $S/eval/palletize.json
+$T model palletize-recover --model $S/device --teacher models/device-f16 --data data/corpus/train.txt --out $S/recover --steps 60 --install --json > $S/eval/recover.json
+$T model train-adapter --model $S/device --task proofread $A --out $S/adapters/proofread --steps 250 --warmup 20 --lr 4e-3 --checkpoint-every 50
+$T model train-adapter --model $S/device --task truecase $A --out $S/adapters/truecase --steps 100 --warmup 10 --lr 4e-3 --checkpoint-every 50
+rm -rf $S/adapters/*.ckpt && mkdir -p $S/device/adapters && cp -r $S/adapters/* $S/device/adapters/
+cp -r $S/device models/device
+M=models/device
+$T eval perplexity --model $M --text models/data/heldout.txt --json > $S/eval/ppl-device.json
+$T eval perplexity --model $M --text models/data/heldout.txt --windows 16 --json > $S/eval/ppl-slice-device.json
+for t in proofread truecase; do
+  $T eval task --model $M --adapter $M/adapters/$t --task $t --examples models/data/$t-heldout.jsonl --limit 300 --json > $S/eval/task-device-$t.json
+  $T eval task --model $M --task $t --examples models/data/$t-heldout.jsonl --limit 300 --json > $S/eval/task-device-$t-base.json
+done
+for kv in dense int8; do
+  $T model perplexity --model $M --text models/data/heldout.txt --token-by-token --kv-cache $kv --json
+done
+$T model palletize-report $M

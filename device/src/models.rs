@@ -200,10 +200,14 @@ mod tests {
     fn embedded_device_model_pins_its_files_and_adapters() {
         let dir = default_models_dir().join("device");
         let pin = ModelPin::from_dir(ModelChoice::Device, &dir).expect("pin");
-        assert_eq!(pin.file_digests.len(), 3, "config, tokenizer, weights");
+        assert_eq!(
+            pin.file_digests.len(),
+            5,
+            "config, tokenizer, weights and the two files of the recovery (base) adapter"
+        );
         assert!(pin.adapters.contains_key("proofread"));
         let a = pin.adapter("proofread").expect("adapter");
-        assert_eq!(pin.required_digests(Some(a)).len(), 5);
+        assert_eq!(pin.required_digests(Some(a)).len(), 7);
         let e = pin.adapter("nope").expect_err("unknown");
         assert!(e.contains("proofread") && e.contains("truecase"), "{e}");
         assert_eq!(

@@ -1,5 +1,6 @@
-//! The committed embedded models (`models/device`, `models/server`) and their adapters load,
-//! their digests are the ones their model cards state, and their perplexity on a fixed slice
+//! The committed embedded models (`models/device` — palletized, with its recovery adapter —,
+//! `models/server`, and `models/device-f16`, the uncompressed model the device model is made
+//! from) and their adapters load, their digests are the ones their model cards state, and their perplexity on a fixed slice
 //! of the committed held-out text is within 1 % of the number recorded in `EVAL.md`.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,10 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+fn read_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+}
+
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
 }
@@ -29,7 +34,7 @@ fn field(text: &str, key: &str) -> Option<String> {
     })
 }
 
-fn check_model(name: &str) {
+fn check_model(name: &str, with_adapters: bool) {
     let dir = repo().join("models").join(name);
     let dev = Device::Cpu;
     let m =
@@ -48,7 +53,12 @@ fn check_model(name: &str) {
         m.digest
     );
 
-    for task in ["proofread", "truecase"] {
+    let tasks: &[&str] = if with_adapters {
+        &["proofread", "truecase"]
+    } else {
+        &[]
+    };
+    for task in tasks {
         let adir = dir.join("adapters").join(task);
         let a = load_adapter(&adir, m.model.config(), DType::F32, &dev)
             .unwrap_or_else(|e| panic!("{name} adapter {task} does not load: {e}"));
@@ -97,12 +107,30 @@ fn check_model(name: &str) {
 
 #[test]
 fn device_model_matches_card_and_eval() {
-    check_model("device");
+    check_model("device", true);
+    // What `tandem ask` runs is the palletized model with its recovery adapter.
+    let dir = repo().join("models/device");
+    let m = load_model(&dir, DType::F32, &Device::Cpu).expect("loads");
+    assert_eq!(m.model.config().base_adapter.as_deref(), Some("recovery"));
+    assert!(m.model.base_adapter().is_some());
+    let weights = read_bytes(&dir.join("model.safetensors"));
+    let f16 = read_bytes(&repo().join("models/device-f16/model.safetensors"));
+    assert!(
+        weights.len() * 4 <= f16.len(),
+        "palletized weights {} B are more than 25% of the f16 file's {} B",
+        weights.len(),
+        f16.len()
+    );
+}
+
+#[test]
+fn uncompressed_device_model_matches_card_and_eval() {
+    check_model("device-f16", false);
 }
 
 #[test]
 fn server_model_matches_card_and_eval() {
-    check_model("server");
+    check_model("server", true);
 }
 
 #[test]

@@ -304,8 +304,11 @@ async fn device_sdk_against_a_dev_fleet() {
     //    candidate passes the required-digest step; nothing is sent.
     let other = tempfile::tempdir().unwrap();
     let dev_dir = client.pin(ModelChoice::Device).unwrap().dir.clone();
-    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
-        std::fs::copy(dev_dir.join(f), other.path().join(f)).unwrap();
+    // Every file of the model (a base adapter's sit in a subdirectory).
+    for f in tandem_model::model_files(&dev_dir).unwrap() {
+        let dest = other.path().join(f.strip_prefix(&dev_dir).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, dest).unwrap();
     }
     let ad = other.path().join("adapters/proofread");
     std::fs::create_dir_all(&ad).unwrap();

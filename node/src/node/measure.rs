@@ -88,7 +88,14 @@ pub fn expected_artifacts(
                 source: Box::new(source),
             })?;
         for f in files {
-            let Some(name) = f.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            // Named by the path inside the model directory (a base adapter's files sit in
+            // a subdirectory, e.g. `recovery/adapter_config.json`).
+            let Some(name) = f
+                .strip_prefix(&m.dir)
+                .ok()
+                .filter(|r| r.components().count() > 0)
+                .map(|r| r.to_string_lossy().replace('\\', "/"))
+            else {
                 continue;
             };
             if name == "tokenizer.json" {

@@ -146,9 +146,10 @@ pub fn kill9(pid: u32) {
 
 /// The per-file digests a release must list for the model in `dir` (what the device requires).
 pub fn required(dir: &Path) -> Vec<Sha256Digest> {
-    ["config.json", "tokenizer.json", "model.safetensors"]
+    tandem_model::model_files(dir)
+        .unwrap()
         .iter()
-        .map(|f| Sha256Digest(Sha256::digest(std::fs::read(dir.join(f)).unwrap()).into()))
+        .map(|f| Sha256Digest(Sha256::digest(std::fs::read(f).unwrap()).into()))
         .collect()
 }
 

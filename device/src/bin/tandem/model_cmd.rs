@@ -129,10 +129,12 @@ impl Cmd {
                 &model,
                 adapter.as_deref(),
                 &text,
-                context,
                 dtype,
-                token_by_token,
-                kv_cache,
+                Scoring {
+                    context,
+                    token_by_token,
+                    kv_cache,
+                },
                 json,
             ),
             Cmd::Generate {
@@ -184,16 +186,28 @@ fn load(
     Ok((m, a))
 }
 
+/// How `tandem model perplexity` feeds the text through the model.
+struct Scoring {
+    /// Window length (default: the model's context).
+    context: Option<usize>,
+    /// One token per forward pass through the KV cache (the decode path).
+    token_by_token: bool,
+    kv_cache: tandem_model::KvFormat,
+}
+
 fn perplexity(
     model: &Path,
     adapter: Option<&Path>,
     text: &Path,
-    context: Option<usize>,
     dtype: Precision,
-    token_by_token: bool,
-    kv_cache: tandem_model::KvFormat,
+    scoring: Scoring,
     json: bool,
 ) -> Result<()> {
+    let Scoring {
+        context,
+        token_by_token,
+        kv_cache,
+    } = scoring;
     let (m, a) = load(model, adapter, dtype)?;
     let text = std::fs::read_to_string(text)
         .with_context(|| format!("reading {} (must be UTF-8 text)", text.display()))?;

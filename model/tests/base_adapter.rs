@@ -3,6 +3,9 @@
 //! digest, applied whenever no task adapter is, replaced by a task adapter, and refused with the
 //! field named when it is missing or its name is a path.
 
+mod common;
+use common::write_tokenizer;
+
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -15,17 +18,6 @@ use tandem_model::{
 const CONFIG: &str = r#"{"model_type":"llama","vocab_size":40,"hidden_size":16,"intermediate_size":24,
     "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
     "max_position_embeddings":64,"tie_word_embeddings":true,"eos_token_id":1}"#;
-
-fn write_tokenizer(dir: &Path, n: usize) {
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        (0..n).map(|i| (format!("t{i}"), i.into())).collect();
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).expect("write tokenizer");
-}
 
 /// A saved random model and a saved random (non-zero) adapter for it.
 fn model_and_adapter(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {

@@ -1,6 +1,9 @@
 //! The training API: VarMap-backed construction, differentiable forward, backprop into LoRA
 //! only, and save → load round trips in the HF / PEFT layouts.
 
+mod common;
+use common::write_tokenizer;
+
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use std::path::Path;
@@ -11,18 +14,6 @@ fn tiny_config() -> Config {
         "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
         "max_position_embeddings":64,"tie_word_embeddings":true,"eos_token_id":1}"#;
     Config::from_json(json.as_bytes(), Path::new("config.json")).expect("config")
-}
-
-/// A word-level tokenizer.json with `n` tokens named t0..t{n-1}.
-fn write_tokenizer(dir: &Path, n: usize) {
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        (0..n).map(|i| (format!("t{i}"), i.into())).collect();
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).expect("write tokenizer");
 }
 
 fn cross_entropy(logits: &Tensor, ids: &Tensor) -> Tensor {

@@ -77,3 +77,15 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
     }
     dir
 }
+
+/// A word-level tokenizer.json with `n` tokens named t0..t{n-1}.
+pub fn write_tokenizer(dir: &Path, n: usize) {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..n).map(|i| (format!("t{i}"), i.into())).collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).expect("write tokenizer");
+}

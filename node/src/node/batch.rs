@@ -9,11 +9,12 @@
 //! positions and masks its padding, so greedy tokens equal the single-sequence path up to
 //! floating-point summation order (tested on the embedded model in `serve_batch.rs`).
 //!
-//! Static batches: a request arriving while a batch runs waits for the next one.
+//! Static batches: a request arriving within `GATHER` (3 ms) of a batch's first request joins it;
+//! one arriving later, while the batch runs, waits for the next one.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tandem_model::{Cache, Sampler, StreamDecoder};
 use tandem_proto::ChunkSealer;
@@ -40,6 +41,11 @@ impl std::fmt::Debug for Pending {
         f.debug_struct("Pending").finish_non_exhaustive()
     }
 }
+
+/// How long a batch waits, after its first request, for more requests to join it: clients
+/// that finished a stream together send their next requests a few milliseconds apart, and a
+/// batch started without them leaves them for a second batch run after it.
+const GATHER: Duration = Duration::from_millis(3);
 
 /// The batch queue and its worker threads.
 #[derive(Debug)]
@@ -111,20 +117,33 @@ impl Batcher {
         let mut longest = first.job.prompt_ids.len();
         let mut most_new = first.job.max_new_tokens as usize;
         let mut batch = vec![first];
-        let mut i = 0;
-        while i < q.len() && batch.len() < max_batch {
-            let p = &q[i];
-            let l = longest.max(p.job.prompt_ids.len());
-            let n = most_new.max(p.job.max_new_tokens as usize);
-            if key(p) == k && l + n <= ctx {
-                longest = l;
-                most_new = n;
-                if let Some(p) = q.remove(i) {
-                    batch.push(p);
+        let until = Instant::now() + GATHER;
+        loop {
+            let mut i = 0;
+            while i < q.len() && batch.len() < max_batch {
+                let p = &q[i];
+                let l = longest.max(p.job.prompt_ids.len());
+                let n = most_new.max(p.job.max_new_tokens as usize);
+                if key(p) == k && l + n <= ctx {
+                    longest = l;
+                    most_new = n;
+                    if let Some(p) = q.remove(i) {
+                        batch.push(p);
+                    }
+                } else {
+                    i += 1;
                 }
-            } else {
-                i += 1;
             }
+            // Requests that arrive within `GATHER` of the first join its batch.
+            let now = Instant::now();
+            if batch.len() >= max_batch || now >= until {
+                break;
+            }
+            q = self
+                .ready
+                .wait_timeout(q, until - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
         batch
     }

@@ -321,16 +321,29 @@ pub enum KvFormat {
     Int8,
 }
 
+impl KvFormat {
+    /// The name `FromStr` reads and `Display` writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvFormat::Dense => "dense",
+            KvFormat::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for KvFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for KvFormat {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "dense" => Ok(KvFormat::Dense),
-            "int8" => Ok(KvFormat::Int8),
-            _ => Err(format!(
-                "unknown KV cache format `{s}`: expected `dense` or `int8`"
-            )),
-        }
+        [KvFormat::Dense, KvFormat::Int8]
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown KV cache format `{s}`: expected `dense` or `int8`"))
     }
 }
 

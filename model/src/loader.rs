@@ -191,20 +191,21 @@ fn base_adapter_files(dir: &Path, cfg: &Config) -> std::result::Result<Vec<PathB
     Ok(files)
 }
 
-/// Loads the base adapter `cfg` names (if any) and attaches it to `model`.
+/// Loads the base adapter `cfg` names (if any) and attaches it to `model`; returns its files
+/// (for the model digest).
 fn attach_base_adapter(
     dir: &Path,
     cfg: &Config,
     model: &mut Model,
     dtype: DType,
     device: &Device,
-) -> Result<()> {
+) -> Result<Vec<PathBuf>> {
+    let files = base_adapter_files(dir, cfg)?;
     if let Some(name) = &cfg.base_adapter {
-        base_adapter_files(dir, cfg)?;
         let loaded = load_adapter(&dir.join(name), cfg, dtype, device)?;
         model.set_base_adapter(Some(loaded.adapter));
     }
-    Ok(())
+    Ok(files)
 }
 
 /// The content digest of a model directory without loading its weights (the same value
@@ -289,10 +290,10 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
             .into());
         }
         let (mut model, stored_dtypes) = load_palletized(&shards[0], &cfg, dtype, device)?;
-        attach_base_adapter(dir, &cfg, &mut model, dtype, device)?;
+        let base_files = attach_base_adapter(dir, &cfg, &mut model, dtype, device)?;
         let file_bytes = shards[0].metadata().map(|m| m.len()).unwrap_or(0);
         let mut digest_set = vec![config_path, tok_path, shards[0].clone()];
-        digest_set.extend(base_adapter_files(dir, &cfg)?);
+        digest_set.extend(base_files);
         let digest = ModelDigest(digest_files(&digest_set).map_err(|source| LoadError::Io {
             path: dir.to_owned(),
             source,
@@ -358,7 +359,7 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
     }
     drop(files);
     let mut model = Model::new(&cfg, VarBuilder::from_tensors(tensors, dtype, device))?;
-    attach_base_adapter(dir, &cfg, &mut model, dtype, device)?;
+    let base_files = attach_base_adapter(dir, &cfg, &mut model, dtype, device)?;
 
     // 6. Digest over exactly the files read.
     let mut digest_set = vec![config_path, tok_path];
@@ -368,7 +369,7 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
         .map(|p| p.metadata().map(|m| m.len()).unwrap_or(0))
         .sum();
     digest_set.extend(shards);
-    digest_set.extend(base_adapter_files(dir, &cfg)?);
+    digest_set.extend(base_files);
     let digest = ModelDigest(digest_files(&digest_set).map_err(|source| LoadError::Io {
         path: dir.to_owned(),
         source,

@@ -1,13 +1,14 @@
 //! The committed embedded models (`models/device` — palletized, with its recovery adapter —,
 //! `models/server`, and `models/device-f16`, the uncompressed model the device model is made
-//! from) and their adapters load, their digests are the ones their model cards state, and their perplexity on a fixed slice
+//! from) and their adapters load, their digests are the ones their model cards state, and
+//! their perplexity on a fixed slice
 //! of the committed held-out text is within 1 % of the number recorded in `EVAL.md`.
 
 use std::path::{Path, PathBuf};
 
 use tandem_model::train::data::{TokenStream, split_documents};
 use tandem_model::train::trainer::eval_loss;
-use tandem_model::{DType, Device, load_adapter, load_model};
+use tandem_model::{DType, Device, LoadedModel, load_adapter, load_model};
 
 /// The fast slice: 16 windows of 128 predicted tokens, evenly spread over the held-out text.
 const SLICE_WINDOWS: usize = 16;
@@ -34,7 +35,8 @@ fn field(text: &str, key: &str) -> Option<String> {
     })
 }
 
-fn check_model(name: &str, with_adapters: bool) {
+/// Checks `models/NAME` and returns it, loaded.
+fn check_model(name: &str, with_adapters: bool) -> LoadedModel {
     let dir = repo().join("models").join(name);
     let dev = Device::Cpu;
     let m =
@@ -103,14 +105,14 @@ fn check_model(name: &str, with_adapters: bool) {
         "{name}: slice perplexity {ppl:.3} differs from EVAL.md's {recorded} by {:.2}%",
         rel * 100.0
     );
+    m
 }
 
 #[test]
 fn device_model_matches_card_and_eval() {
-    check_model("device", true);
+    let m = check_model("device", true);
     // What `tandem ask` runs is the palletized model with its recovery adapter.
     let dir = repo().join("models/device");
-    let m = load_model(&dir, DType::F32, &Device::Cpu).expect("loads");
     assert_eq!(m.model.config().base_adapter.as_deref(), Some("recovery"));
     assert!(m.model.base_adapter().is_some());
     let weights = read_bytes(&dir.join("model.safetensors"));

@@ -274,7 +274,7 @@ fn perplexity(
                 "context": ctx,
                 "chunks": starts.len(),
                 "token_by_token": token_by_token,
-                "kv_cache": format!("{kv_cache:?}").to_lowercase(),
+                "kv_cache": kv_cache.name(),
                 "kv_cache_bytes": cache.bytes(),
                 "model_digest": m.digest.to_string(),
                 "adapter_digest": a.as_ref().map(|a| a.digest.to_string()),

@@ -69,3 +69,25 @@ pub use lora::{Adapter, AdapterConfig, Target};
 pub use pallet::{Bits, PalletFile, PalletMatrix, PalletPlan};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};
+
+/// Sets `RAYON_NUM_THREADS` to the number of CPUs this process may use, if it is not set.
+///
+/// candle looks up its thread count on every CPU matmul; without this variable it re-reads and
+/// parses `/proc/cpuinfo` each time (about a third of a node's time under batched load, see
+/// `BENCHMARKS.md`, "tandem-node serve"). With it set the look-up is one environment read. The
+/// value is what rayon uses anyway when the variable is unset, so nothing else changes. The
+/// `tandem` and `tandem-node` binaries call this first thing; an app embedding the model stack
+/// should set the variable itself or call this.
+///
+/// # Safety
+/// It writes the process environment: call it before any other thread exists (first thing in
+/// `main`), as for [`std::env::set_var`].
+#[allow(unsafe_code)]
+pub unsafe fn default_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    // SAFETY: the caller guarantees no other thread is running.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+}

@@ -524,10 +524,13 @@ impl Weight {
         }
     }
 
-    /// `x Wᵀ` for 2-D `x` `[n, cols]`.
-    fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x Wᵀ` for 2-D `x` `[n, cols]`; `decode`: each row is a different sequence's newest
+    /// token (a palletized weight then keeps up to [`kernel::DECODE_MAX_ROWS`] rows on its
+    /// decode path, see [`kernel::matmul_decode`]).
+    fn matmul_t(&self, x: &Tensor, decode: bool) -> Result<Tensor> {
         match self {
             Weight::Dense(w) => Ok(x.matmul(&w.t()?)?),
+            Weight::Pallet(p) if decode => Ok(kernel::matmul_decode(x, p)?),
             Weight::Pallet(p) => Ok(kernel::matmul(x, p)?),
         }
     }
@@ -557,7 +560,9 @@ impl Proj {
         let din = dims[dims.len() - 1];
         let rows = x.elem_count() / din;
         let x2 = x.reshape((rows, din))?;
-        let mut y = self.weight.matmul_t(&x2)?;
+        // `[batch, 1, in]`: one position per sequence (a decode step, or the last position).
+        let decode = dims.len() >= 3 && dims[dims.len() - 2] == 1;
+        let mut y = self.weight.matmul_t(&x2, decode)?;
         if let Some(l) = lora {
             let delta = x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
             y = (y + delta.affine(l.scale, 0.0)?)?;

@@ -30,6 +30,12 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
+    // As the `tandem` and `tandem-node` binaries do.
+    // SAFETY: the first statement of `main`: no other thread exists yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        tandem_model::default_thread_count()
+    };
     let iters: usize = std::env::var("ITERS")
         .ok()
         .and_then(|s| s.parse().ok())

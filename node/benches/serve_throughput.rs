@@ -1,10 +1,13 @@
 //! Node throughput on loopback: requests/s and aggregate generated tokens/s at 1, 4 and 16
-//! concurrent streams, one in-process node (real gRPC socket, real HPKE, the embedded device
-//! model, greedy, 32 new tokens per request; no early stop: the prompt is chosen so generation
-//! runs to the limit or the count is what the receipts say).
+//! concurrent streams, one in-process node (real gRPC socket, real HPKE, greedy, 32 new tokens
+//! per request; no early stop: the prompt is chosen so generation runs to the limit or the count
+//! is what the receipts say), serving the embedded device model (palletized, 4 layers) and then
+//! the embedded server model (f16, 16 layers).
 //!
 //! Run: `cargo bench -p tandem-node --bench serve_throughput --no-run`, then the printed binary
-//! with `--bench`. Prints one JSON line per concurrency level.
+//! with `--bench` from `node/` (`--model device|server|both`, default both; `--no-thread-env` to
+//! leave `RAYON_NUM_THREADS` unset, see `tandem_model::default_thread_count`). Prints one JSON
+//! line per model, mode and concurrency level.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/serve_support/mod.rs"]
@@ -19,6 +22,15 @@ use tandem_node::node::{Node, SystemClock};
 const NEW_TOKENS: u32 = 32;
 
 fn main() {
+    // As the `tandem-node` binary does; `--no-thread-env` leaves RAYON_NUM_THREADS unset to
+    // measure what that costs (candle then re-reads /proc/cpuinfo on every matmul).
+    if !std::env::args().any(|a| a == "--no-thread-env") {
+        // SAFETY: the first statement of `main`: no other thread exists yet.
+        #[allow(unsafe_code)]
+        unsafe {
+            tandem_model::default_thread_count()
+        };
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -28,25 +40,50 @@ fn main() {
 }
 
 async fn run() {
-    // Unbatched: up to 16 generations at once, each its own forward pass.
-    run_config(
-        "[limits]\nqueue_depth = 256\nmax_concurrent = 16\n",
-        "unbatched",
-    )
-    .await;
-    // Batched: one worker decoding up to 16 sequences per forward pass.
-    run_config(
-        "[limits]\nqueue_depth = 256\nmax_concurrent = 1\nmax_batch = 16\n",
-        "batched",
-    )
-    .await;
+    let args: Vec<String> = std::env::args().collect();
+    let model = args
+        .iter()
+        .position(|a| a == "--model")
+        .and_then(|i| args.get(i + 1))
+        .map_or("both", String::as_str);
+    let models: &[&str] = match model {
+        "both" => &["device", "server"],
+        "device" => &["device"],
+        "server" => &["server"],
+        other => panic!("--model must be device, server or both, not {other}"),
+    };
+    for &model in models {
+        // Unbatched: up to 16 generations at once, each its own forward pass.
+        run_config(
+            model,
+            "[limits]\nqueue_depth = 256\nmax_concurrent = 16\n",
+            "unbatched",
+        )
+        .await;
+        // Batched: one worker decoding up to 16 sequences per forward pass.
+        run_config(
+            model,
+            "[limits]\nqueue_depth = 256\nmax_concurrent = 1\nmax_batch = 16\n",
+            "batched",
+        )
+        .await;
+    }
 }
 
-async fn run_config(config: &str, mode: &str) {
+async fn run_config(model: &str, config: &str, mode: &str) {
     let bin_dir = tempfile::tempdir().unwrap();
     let binary = bin_dir.path().join("tandem-node");
     std::fs::write(&binary, b"stand-in").unwrap();
-    let f = fleet(&binary, config, true).await;
+    let dir = embedded_model(model);
+    let f = fleet_serving(
+        &binary,
+        config,
+        true,
+        "kind = \"software\"",
+        |_, _| {},
+        &dir,
+    )
+    .await;
     let node = Node::start(
         f.resolved(),
         &f.config_bytes,
@@ -59,10 +96,10 @@ async fn run_config(config: &str, mode: &str) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(node.serve(listener, std::future::pending()));
     let mut c = connect(addr).await;
-    let d = digests();
+    let digest = tandem_model::model_digest(&dir).unwrap().0.0;
     let configs = key_configs(&mut c).await;
     // Warm-up.
-    let (s, ctx) = seal(&configs, d.model, None, "warm up", 8, now());
+    let (s, ctx) = seal(&configs, digest, None, "warm up", 8, now());
     submit(&mut c, s, ctx).await.unwrap();
     for conc in [1usize, 4, 16] {
         let total = (conc * 4).max(8);
@@ -76,7 +113,7 @@ async fn run_config(config: &str, mode: &str) {
                 let mut tokens = 0u64;
                 for i in 0..per {
                     let prompt = format!("once upon a time {w} {i}");
-                    let (s, ctx) = seal(&configs, d.model, None, &prompt, NEW_TOKENS, now());
+                    let (s, ctx) = seal(&configs, digest, None, &prompt, NEW_TOKENS, now());
                     let a = submit(&mut c, s, ctx).await.unwrap();
                     tokens += u64::from(a.receipt.unwrap().completion_tokens);
                 }
@@ -92,6 +129,7 @@ async fn run_config(config: &str, mode: &str) {
         println!(
             "{}",
             serde_json::json!({
+                "model": model,
                 "mode": mode,
                 "concurrency": conc,
                 "requests": per * conc,

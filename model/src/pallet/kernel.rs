@@ -1,11 +1,14 @@
 //! CPU matmul on palletized weights: `y = x Wᵀ` reading packed indices and tables directly.
 //!
-//! * **Decode** (`x` has at most [`GEMV_MAX_ROWS`] rows, the hot path of generation): per output
-//!   row, 8 (4-bit, 8-bit) or 16 (2-bit) indices are unpacked into SIMD lanes and turned into
-//!   weights with an in-register table lookup (AVX2 `vpermps`: one for a 4-entry table, two plus a
-//!   blend for 16 entries; a gather for 256), then FMA'd with up to four `x` rows at once. Each
-//!   weight is decoded once per call and never written to memory. Rows are split over the rayon
-//!   pool candle uses (`RAYON_NUM_THREADS`).
+//! * **Decode** (`x` has at most [`GEMV_MAX_ROWS`] rows, or at most [`DECODE_MAX_ROWS`] rows
+//!   when every row is one sequence's next token, see [`matmul_decode`]; the hot path of
+//!   generation): 2- and 4-bit rows are looked up as int8 (`vpshufb`) and multiplied with int8
+//!   activations (see [`gemv`]); each packed row is unpacked once for up to [`Q8_ROWS`] input
+//!   rows. Otherwise 8 (4-bit, 8-bit) or 16 (2-bit) indices are unpacked into SIMD lanes and
+//!   turned into f32 weights with an in-register table lookup (AVX2 `vpermps`: one for a 4-entry
+//!   table, two plus a blend for 16 entries; a gather for 256), then FMA'd with up to four `x`
+//!   rows at once. Each weight is decoded once per call and never written to memory. Rows are
+//!   split over the rayon pool candle uses (`RAYON_NUM_THREADS`).
 //! * **Prefill** (more rows): blocks of [`PREFILL_BLOCK`] weight rows are dequantized into a
 //!   small f32 scratch (L2-resident) and multiplied with candle's f32 GEMM; the whole matrix is
 //!   never dequantized at once.
@@ -21,8 +24,13 @@ use rayon::prelude::*;
 
 use super::{Bits, PalletMatrix};
 
-/// Largest number of `x` rows that takes the decode (matrix-vector) path.
+/// Largest number of `x` rows that takes the decode (matrix-vector) path in [`matmul`].
 pub const GEMV_MAX_ROWS: usize = 8;
+/// Largest number of rows that takes the decode path in [`matmul_decode`] (a batched decode
+/// step: one row per sequence).
+pub const DECODE_MAX_ROWS: usize = 64;
+/// Input rows the int8 decode kernel multiplies with one unpacked weight row at once.
+pub const Q8_ROWS: usize = 4;
 /// Weight rows dequantized per block on the prefill path.
 pub const PREFILL_BLOCK: usize = 128;
 /// Weights per parallel task on the decode path (below this, threads cost more than they save).
@@ -31,6 +39,19 @@ const WEIGHTS_PER_TASK: usize = 1 << 16;
 /// `y = x Wᵀ` for `x` `[n, cols]` (F32, F16 or BF16); returns `[n, rows]` in `x`'s dtype.
 /// Differentiable with respect to `x` (the palletized weights are constants).
 pub fn matmul(x: &Tensor, w: &Arc<PalletMatrix>) -> candle_core::Result<Tensor> {
+    matmul_up_to(x, w, GEMV_MAX_ROWS)
+}
+
+/// [`matmul`] for a decode step, where each row of `x` is the newest token of a different
+/// sequence: up to [`DECODE_MAX_ROWS`] rows take the decode path. Its int8 activation
+/// quantization works row by row, so every row's result is the same whether it is decoded
+/// alone or batched with others; [`matmul`] keeps a prompt of more than [`GEMV_MAX_ROWS`]
+/// tokens on the exact path.
+pub fn matmul_decode(x: &Tensor, w: &Arc<PalletMatrix>) -> candle_core::Result<Tensor> {
+    matmul_up_to(x, w, DECODE_MAX_ROWS)
+}
+
+fn matmul_up_to(x: &Tensor, w: &Arc<PalletMatrix>, gemv_max: usize) -> candle_core::Result<Tensor> {
     let (n, k) = x.dims2()?;
     if k != w.cols() {
         candle_core::bail!(
@@ -38,7 +59,7 @@ pub fn matmul(x: &Tensor, w: &Arc<PalletMatrix>) -> candle_core::Result<Tensor> 
             w.cols()
         );
     }
-    if n <= GEMV_MAX_ROWS {
+    if n <= gemv_max {
         return x.contiguous()?.apply_op1(Gemv(w.clone()));
     }
     let x32 = x.to_dtype(DType::F32)?;
@@ -207,15 +228,23 @@ pub fn gemv(w: &PalletMatrix, x: &[f32], n: usize) -> Vec<f32> {
         .collect();
     let mut yt = vec![0f32; rows * n];
     for_row_blocks(&mut yt, rows, cols, n, |r, o| {
-        for (oi, xq) in o.iter_mut().zip(&q8) {
-            *oi = row_dot_q8(w, r, xq);
+        for (xs, o) in q8.chunks(Q8_ROWS).zip(o.chunks_mut(Q8_ROWS)) {
+            match xs {
+                [a, b, c, d] => o.copy_from_slice(&row_dot_q8(w, r, [a, b, c, d])),
+                [a, b, c] => o.copy_from_slice(&row_dot_q8(w, r, [a, b, c])),
+                [a, b] => o.copy_from_slice(&row_dot_q8(w, r, [a, b])),
+                [a] => o.copy_from_slice(&row_dot_q8(w, r, [a])),
+                _ => unreachable!("chunks of at most Q8_ROWS = 4"),
+            }
         }
     });
     transpose(yt, rows, n)
 }
 
-/// Row `r` of `w` times one quantized input row.
-fn row_dot_q8(w: &PalletMatrix, r: usize, xq: &Q8Row) -> f32 {
+/// Row `r` of `w` times `M` quantized input rows (the row is unpacked once for all of them).
+/// Each result is computed in the same order as with `M = 1`, so it does not depend on which
+/// other rows share the call.
+fn row_dot_q8<const M: usize>(w: &PalletMatrix, r: usize, xq: [&Q8Row; M]) -> [f32; M] {
     let (row, table) = row_parts(w, r);
     let (t8, scale) = w.table_i8(r / w.group_size());
     #[cfg(all(
@@ -224,7 +253,15 @@ fn row_dot_q8(w: &PalletMatrix, r: usize, xq: &Q8Row) -> f32 {
         target_feature = "fma"
     ))]
     // SAFETY: compiled only when AVX2 and FMA are enabled for the whole build.
-    let main = unsafe { avx2::row_dot_q8(row, t8, w.bits(), &xq.d, &xq.q) };
+    let main = unsafe {
+        avx2::row_dot_q8(
+            row,
+            t8,
+            w.bits(),
+            xq.map(|x| x.d.as_slice()),
+            xq.map(|x| x.q.as_slice()),
+        )
+    };
     #[cfg(not(all(
         target_arch = "x86_64",
         target_feature = "avx2",
@@ -232,10 +269,12 @@ fn row_dot_q8(w: &PalletMatrix, r: usize, xq: &Q8Row) -> f32 {
     )))]
     let main = {
         let _ = (t8, row);
-        0.0
+        [0f32; M]
     };
-    let tail = scalar_row_dot(row, table, w.bits(), w.cols(), [xq.x], xq.done)[0];
-    scale * main + tail
+    // Every row has the same width, so the same `done`.
+    let done = xq.first().map_or(0, |x| x.done);
+    let tail = scalar_row_dot(row, table, w.bits(), w.cols(), xq.map(|x| x.x), done);
+    std::array::from_fn(|i| scale * main[i] + tail[i])
 }
 
 fn transpose(yt: Vec<f32>, rows: usize, n: usize) -> Vec<f32> {
@@ -575,52 +614,109 @@ mod avx2 {
         out
     }
 
-    /// Σ over full super-blocks of `d_b · Σ_j t8[idx_j] · q_j` (the caller multiplies by the
-    /// group's table scale). Reads only whole super-blocks inside `row`, `d` and `q`.
+    /// For each of the `M` input rows `(d[m], q[m])`: Σ over full super-blocks of
+    /// `d_b · Σ_j t8[idx_j] · q_j` (the caller multiplies by the group's table scale). The
+    /// indices of a super-block are unpacked and looked up once for all `M` rows. Reads only
+    /// whole super-blocks inside `row` and every `d[m]`, `q[m]`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn row_dot_q8(row: &[u8], t8: &[i8], bits: Bits, d: &[f32], q: &[i8]) -> f32 {
+    pub(super) fn row_dot_q8<const M: usize>(
+        row: &[u8],
+        t8: &[i8],
+        bits: Bits,
+        d: [&[f32]; M],
+        q: [&[i8]; M],
+    ) -> [f32; M] {
+        let mut out = [0f32; M];
         if t8.len() < 16 {
-            return 0.0;
+            return out;
         }
         // One 16-byte load of indices per super-block: 32 columns at 4 bits, 64 at 2 bits.
         let per = if bits == Bits::B4 { 1 } else { 2 };
-        let supers = (d.len() / per)
-            .min(q.len() / (32 * per))
-            .min(row.len() / 16);
+        let supers = d.iter().zip(&q).fold(row.len() / 16, |s, (d, q)| {
+            s.min(d.len() / per).min(q.len() / (32 * per))
+        });
         // SAFETY: t8 has 16 entries (checked above).
         let table = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(t8.as_ptr().cast())) };
-        let ones = _mm256_set1_epi16(1);
-        // Two accumulators so the FMA latency does not serialise blocks.
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let dot = |blk: usize, idx: __m256i, acc: &mut __m256| {
-            let wq = _mm256_shuffle_epi8(table, idx);
-            // SAFETY: q[32·blk .. 32·blk + 32] is inside q (blk < per · supers).
-            let xq = unsafe { _mm256_loadu_si256(q.as_ptr().add(32 * blk).cast()) };
-            // |w| · (x · sign w): unsigned × signed bytes, pairs summed to i16 without
-            // saturation (2 · 127 · 127 < 2^15), then pairs of i16 to i32.
-            let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-            let p32 = _mm256_madd_epi16(p16, ones);
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(d[blk]), *acc);
-        };
-        for b in 0..supers {
+        // Two accumulators per input row (even and odd blocks) so the FMA latency does not
+        // serialise blocks; fixed slots keep them in registers.
+        let mut even = [_mm256_setzero_ps(); M];
+        let mut odd = [_mm256_setzero_ps(); M];
+        // The 32 indices of super-block `b` (4 bits), or of its halves (2 bits).
+        let unpack = |b: usize| {
             // SAFETY: bytes 16b..16b+16 are inside the row (b < supers ≤ row.len() / 16).
             let v = unsafe { _mm_loadu_si128(row.as_ptr().add(16 * b).cast()) };
             if bits == Bits::B4 {
                 let m = _mm_set1_epi8(0x0F);
                 let lo = _mm_and_si128(v, m);
                 let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), m);
-                dot(b, _mm256_set_m128i(hi, lo), &mut acc[b % 2]);
+                (_mm256_set_m128i(hi, lo), _mm256_setzero_si256())
             } else {
                 let m = _mm_set1_epi8(0x03);
                 let a0 = _mm_and_si128(v, m);
                 let a1 = _mm_and_si128(_mm_srli_epi16::<2>(v), m);
                 let a2 = _mm_and_si128(_mm_srli_epi16::<4>(v), m);
                 let a3 = _mm_and_si128(_mm_srli_epi16::<6>(v), m);
-                dot(2 * b, _mm256_set_m128i(a1, a0), &mut acc[0]);
-                dot(2 * b + 1, _mm256_set_m128i(a3, a2), &mut acc[1]);
+                (_mm256_set_m128i(a1, a0), _mm256_set_m128i(a3, a2))
+            }
+        };
+        // SAFETY (both calls below): blk < per · supers, so q[m][32·blk .. 32·blk + 32] and
+        // d[m][blk] are inside every q[m] and d[m].
+        if bits == Bits::B4 {
+            let mut b = 0;
+            while b + 1 < supers {
+                unsafe {
+                    dot_block(table, b, unpack(b).0, &d, &q, &mut even);
+                    dot_block(table, b + 1, unpack(b + 1).0, &d, &q, &mut odd);
+                }
+                b += 2;
+            }
+            if b < supers {
+                unsafe { dot_block(table, b, unpack(b).0, &d, &q, &mut even) };
+            }
+        } else {
+            for b in 0..supers {
+                let (i0, i1) = unpack(b);
+                unsafe {
+                    dot_block(table, 2 * b, i0, &d, &q, &mut even);
+                    dot_block(table, 2 * b + 1, i1, &d, &q, &mut odd);
+                }
             }
         }
-        hsum(_mm256_add_ps(acc[0], acc[1]))
+        for ((o, e), od) in out.iter_mut().zip(even).zip(odd) {
+            *o = hsum(_mm256_add_ps(e, od));
+        }
+        out
+    }
+
+    /// `acc[m] += d[m][blk] · Σ_j t8[idx_j] · q[m][32·blk + j]` for each input row `m`.
+    ///
+    /// # Safety
+    /// `32·blk + 32 <= q[m].len()` and `blk < d[m].len()` for every `m`.
+    #[inline(always)]
+    unsafe fn dot_block<const M: usize>(
+        table: __m256i,
+        blk: usize,
+        idx: __m256i,
+        d: &[&[f32]; M],
+        q: &[&[i8]; M],
+        acc: &mut [__m256; M],
+    ) {
+        // SAFETY: AVX2 is enabled for the whole build (this module is compiled only then).
+        unsafe {
+            let wq = _mm256_shuffle_epi8(table, idx);
+            let aw = _mm256_sign_epi8(wq, wq);
+            let ones = _mm256_set1_epi16(1);
+            for m in 0..M {
+                // SAFETY: inside q[m] and d[m] (caller's contract).
+                let xq = _mm256_loadu_si256(q[m].as_ptr().add(32 * blk).cast());
+                let dm = *d[m].get_unchecked(blk);
+                // |w| · (x · sign w): unsigned × signed bytes, pairs summed to i16 without
+                // saturation (2 · 127 · 127 < 2^15), then pairs of i16 to i32.
+                let p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xq, wq));
+                let p32 = _mm256_madd_epi16(p16, ones);
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(dm), acc[m]);
+            }
+        }
     }
 
     /// Dequantizes the full chunks of `row` into `out`; returns the first column not written.
@@ -776,6 +872,41 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn batched_decode_rows_equal_single_rows() {
+        // A batched decode step gives every sequence exactly what decoding it alone gives,
+        // whatever the batch size (groups of Q8_ROWS and a remainder) or its neighbours.
+        for (si, &(rows, cols)) in [(24usize, 256usize), (8, 100), (12, 37)].iter().enumerate() {
+            for bits in Bits::ALL {
+                let wv = rand(70 + si as u64 + bits.get() as u64, rows * cols);
+                let w = Arc::new(
+                    PalletMatrix::quantize(&wv, rows, cols, bits, 4, None).expect("quantize"),
+                );
+                for n in [2usize, 5, 9, 16, 17, DECODE_MAX_ROWS] {
+                    let x = rand(500 + n as u64, n * cols);
+                    let xt = Tensor::from_vec(x.clone(), (n, cols), &Device::Cpu).expect("x");
+                    let got = matmul_decode(&xt, &w)
+                        .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                        .expect("matmul_decode");
+                    let what = format!("[{rows}x{cols}] {bits:?} n={n}");
+                    within_q8_bound(&w, &x, n, &got, &reference(&w, &x, n), &what);
+                    for i in 0..n {
+                        let one = gemv(&w, &x[i * cols..(i + 1) * cols], 1);
+                        assert_eq!(&got[i * rows..(i + 1) * rows], &one[..], "{what} row {i}");
+                    }
+                }
+                // Past the decode limit it falls back to the exact path.
+                let n = DECODE_MAX_ROWS + 1;
+                let x = rand(9, n * cols);
+                let xt = Tensor::from_vec(x.clone(), (n, cols), &Device::Cpu).expect("x");
+                let got = matmul_decode(&xt, &w)
+                    .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                    .expect("matmul_decode");
+                close(&got, &reference(&w, &x, n), "past DECODE_MAX_ROWS");
             }
         }
     }

@@ -27,8 +27,14 @@ use tandem_proto::{KeyConfig, Limits, RoutingMetadata, SealOptions, SizeBucket, 
 
 /// The repository's embedded device model.
 pub fn device_model() -> PathBuf {
+    embedded_model("device")
+}
+
+/// One of the repository's embedded models (`models/NAME`).
+pub fn embedded_model(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/device")
+        .join("../models")
+        .join(name)
         .canonicalize()
         .unwrap()
 }
@@ -169,6 +175,26 @@ pub async fn fleet_with_root(
     root: &str,
     identity: impl FnOnce(&Path, &FleetCa),
 ) -> Fleet {
+    fleet_serving(
+        binary,
+        extra_config,
+        logged,
+        root,
+        identity,
+        &device_model(),
+    )
+    .await
+}
+
+/// [`fleet_with_root`] for a node serving the model in `model_dir` (instead of the device model).
+pub async fn fleet_serving(
+    binary: &Path,
+    extra_config: &str,
+    logged: bool,
+    root: &str,
+    identity: impl FnOnce(&Path, &FleetCa),
+    model_dir: &Path,
+) -> Fleet {
     let add_identity = identity;
     let log = TestLog::start(5).await;
     let dir = tempfile::tempdir().unwrap();
@@ -180,7 +206,7 @@ pub async fn fleet_with_root(
          [root_of_trust]\n{root}\n",
         log.url,
         log.vkey(),
-        device_model().display(),
+        model_dir.display(),
     );
     std::fs::write(&config_path, &text).unwrap();
     let cfg = NodeConfig::from_toml(text.as_bytes(), &config_path).unwrap();

@@ -68,6 +68,11 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: the first statement of `main`: no other thread exists yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        tandem_model::default_thread_count()
+    };
     match Cli::parse().command {
         Command::Ask(a) => client_cmd::ask(a),
         Command::Chat(a) => client_cmd::chat(a),

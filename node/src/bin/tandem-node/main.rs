@@ -32,6 +32,11 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: the first statement of `main`: no other thread exists yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        tandem_model::default_thread_count()
+    };
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve(a) => serve_cmd::run(a),

@@ -923,6 +923,23 @@ impl Model {
         cache: &mut Cache,
         logits: Logits,
     ) -> Result<Tensor> {
+        // Run the whole pass on a worker of the rayon pool candle and the palletized kernel
+        // split their work over: the dozens of small parallel matmuls of a decode step then
+        // fork and join as local jobs, instead of each handing a job to the pool and putting
+        // this thread to sleep until it is done.
+        if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
+            return rayon::scope(|_| self.forward_cached_here(tokens, adapter, cache, logits));
+        }
+        self.forward_cached_here(tokens, adapter, cache, logits)
+    }
+
+    fn forward_cached_here(
+        &self,
+        tokens: &Tensor,
+        adapter: Option<&Adapter>,
+        cache: &mut Cache,
+        logits: Logits,
+    ) -> Result<Tensor> {
         let (b, seq) = tokens.dims2()?;
         if b != cache.batch() {
             return Err(UsageError::BatchMismatch {

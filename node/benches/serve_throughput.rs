@@ -5,9 +5,10 @@
 //! the embedded server model (f16, 16 layers).
 //!
 //! Run: `cargo bench -p tandem-node --bench serve_throughput --no-run`, then the printed binary
-//! with `--bench` from `node/` (`--model device|server|both`, default both; `--no-thread-env` to
-//! leave `RAYON_NUM_THREADS` unset, see `tandem_model::default_thread_count`). Prints one JSON
-//! line per model, mode and concurrency level.
+//! with `--bench` from `node/`. Options: `--model device|server|both` (default both);
+//! `--streams 1,4,16` (the concurrency levels); `--batched-only` (skip the unbatched
+//! configuration); `--no-thread-env` (leave `RAYON_NUM_THREADS` unset, see
+//! `tandem_model::default_thread_count`). Prints one JSON line per model, mode and level.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/serve_support/mod.rs"]
@@ -52,14 +53,17 @@ async fn run() {
         "server" => &["server"],
         other => panic!("--model must be device, server or both, not {other}"),
     };
+    let only_batched = args.iter().any(|a| a == "--batched-only");
     for &model in models {
         // Unbatched: up to 16 generations at once, each its own forward pass.
-        run_config(
-            model,
-            "[limits]\nqueue_depth = 256\nmax_concurrent = 16\n",
-            "unbatched",
-        )
-        .await;
+        if !only_batched {
+            run_config(
+                model,
+                "[limits]\nqueue_depth = 256\nmax_concurrent = 16\n",
+                "unbatched",
+            )
+            .await;
+        }
         // Batched: one worker decoding up to 16 sequences per forward pass.
         run_config(
             model,
@@ -101,7 +105,13 @@ async fn run_config(model: &str, config: &str, mode: &str) {
     // Warm-up.
     let (s, ctx) = seal(&configs, digest, None, "warm up", 8, now());
     submit(&mut c, s, ctx).await.unwrap();
-    for conc in [1usize, 4, 16] {
+    let levels: Vec<usize> = std::env::args()
+        .skip_while(|a| a != "--streams")
+        .nth(1)
+        .map_or(vec![1, 4, 16], |s| {
+            s.split(',').filter_map(|t| t.parse().ok()).collect()
+        });
+    for conc in levels {
         let total = (conc * 4).max(8);
         let start = Instant::now();
         let mut tasks = Vec::new();

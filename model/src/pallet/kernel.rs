@@ -140,13 +140,13 @@ pub const Q8_BLOCK: usize = 32;
 
 /// One input row quantized for the int8 decode kernel: per block of [`Q8_BLOCK`] columns a scale
 /// `d` and int8 values `round(x / d)` (`d = max|x| / 127`), stored in the order the kernel
-/// unpacks the indices in (see `q8_position`); columns past the last full super-block stay f32.
+/// unpacks the indices in (see `q8_position`); a last partial super-block is zero-padded.
 #[derive(Debug)]
 pub struct Q8Row<'a> {
     d: Vec<f32>,
     q: Vec<i8>,
     x: &'a [f32],
-    /// Columns covered by `q` (a multiple of the super-block).
+    /// Columns covered by `q` (all of them: the last super-block is zero-padded).
     done: usize,
 }
 
@@ -158,10 +158,12 @@ fn q8_super(bits: Bits) -> usize {
     }
 }
 
-/// Position of column `j` of a super-block in the order the kernel unpacks it; position / 32
+/// Position of column `j` of a super-block in the order the kernel unpacks it (the layout
+/// `Q8Row::new` writes, checked against this in tests); position / 32
 /// is the block (and scale) it belongs to.
 /// 4 bits (16 bytes): low nibbles (even columns), then high nibbles (odd columns).
 /// 2 bits (16 bytes): bit pair `s` of every byte (columns `4k + s`) for s = 0, 1, 2, 3.
+#[cfg(test)]
 fn q8_position(bits: Bits, j: usize) -> usize {
     match bits {
         Bits::B4 => (j % 2) * 16 + j / 2,
@@ -173,28 +175,39 @@ impl<'a> Q8Row<'a> {
     /// Quantizes `x` for a matrix of width `bits`.
     pub fn new(x: &'a [f32], bits: Bits) -> Self {
         let sb = q8_super(bits);
-        let supers = x.len() / sb;
+        // A last, partial super-block is padded with zeros (which add nothing to any product).
+        let supers = x.len().div_ceil(sb);
         let mut d = Vec::with_capacity(supers * sb / Q8_BLOCK);
         let mut q = vec![0i8; supers * sb];
-        for (b, xs) in x.chunks_exact(sb).enumerate() {
-            let mut max = [0f32; 2];
-            for (j, v) in xs.iter().enumerate() {
-                let blk = q8_position(bits, j) / Q8_BLOCK;
-                max[blk] = max[blk].max(v.abs());
+        // Each block of the super-block gathers the columns that `q8_position` puts there:
+        // 4 bits: block 0 = even columns, block 1 = odd; 2 bits: block 0 = columns 4k and 4k + 1
+        // (bit pairs 0 and 1), block 1 = 4k + 2 and 4k + 3.
+        let (stride, lanes) = match bits {
+            Bits::B4 => (2, 1),
+            _ => (4, 2),
+        };
+        for (xs, qs) in x.chunks(sb).zip(q.chunks_exact_mut(sb)) {
+            for (blk, qb) in qs.chunks_exact_mut(Q8_BLOCK).enumerate() {
+                // Position p of this block is column stride·(p mod 16) + lanes·blk + p / 16.
+                let at = |p: usize| {
+                    xs.get(stride * (p % 16) + lanes * blk + p / 16)
+                        .copied()
+                        .unwrap_or(0.0)
+                };
+                let max = (0..Q8_BLOCK).fold(0f32, |m, p| m.max(at(p).abs()));
+                let scale = max / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                for (p, v) in qb.iter_mut().enumerate() {
+                    *v = (at(p) * inv).round().clamp(-127.0, 127.0) as i8;
+                }
+                d.push(scale);
             }
-            let scale = max.map(|m| m / 127.0);
-            let inv = scale.map(|s| if s > 0.0 { 1.0 / s } else { 0.0 });
-            for (j, v) in xs.iter().enumerate() {
-                let pos = q8_position(bits, j);
-                q[b * sb + pos] = (v * inv[pos / Q8_BLOCK]).round().clamp(-127.0, 127.0) as i8;
-            }
-            d.extend_from_slice(&scale[..sb / Q8_BLOCK]);
         }
         Q8Row {
             d,
             q,
             x,
-            done: supers * sb,
+            done: x.len(),
         }
     }
 }
@@ -617,7 +630,8 @@ mod avx2 {
     /// For each of the `M` input rows `(d[m], q[m])`: Σ over full super-blocks of
     /// `d_b · Σ_j t8[idx_j] · q_j` (the caller multiplies by the group's table scale). The
     /// indices of a super-block are unpacked and looked up once for all `M` rows. Reads only
-    /// whole super-blocks inside `row` and every `d[m]`, `q[m]`.
+    /// inside `row` (a last partial super-block through a zero-padded copy) and every `d[m]`,
+    /// `q[m]`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn row_dot_q8<const M: usize>(
         row: &[u8],
@@ -632,7 +646,8 @@ mod avx2 {
         }
         // One 16-byte load of indices per super-block: 32 columns at 4 bits, 64 at 2 bits.
         let per = if bits == Bits::B4 { 1 } else { 2 };
-        let supers = d.iter().zip(&q).fold(row.len() / 16, |s, (d, q)| {
+        // A last, partial super-block of the row is read through a zero-padded copy.
+        let supers = d.iter().zip(&q).fold(row.len().div_ceil(16), |s, (d, q)| {
             s.min(d.len() / per).min(q.len() / (32 * per))
         });
         // SAFETY: t8 has 16 entries (checked above).
@@ -643,8 +658,18 @@ mod avx2 {
         let mut odd = [_mm256_setzero_ps(); M];
         // The 32 indices of super-block `b` (4 bits), or of its halves (2 bits).
         let unpack = |b: usize| {
-            // SAFETY: bytes 16b..16b+16 are inside the row (b < supers ≤ row.len() / 16).
-            let v = unsafe { _mm_loadu_si128(row.as_ptr().add(16 * b).cast()) };
+            let v = match row.get(16 * b..16 * b + 16) {
+                // SAFETY: the 16 bytes are inside the row (just checked).
+                Some(bytes) => unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) },
+                None => {
+                    let rest = row.get(16 * b..).unwrap_or(&[]);
+                    let mut pad = [0u8; 16];
+                    let len = rest.len().min(16);
+                    pad[..len].copy_from_slice(&rest[..len]);
+                    // SAFETY: reads the 16 bytes of `pad`.
+                    unsafe { _mm_loadu_si128(pad.as_ptr().cast()) }
+                }
+            };
             if bits == Bits::B4 {
                 let m = _mm_set1_epi8(0x0F);
                 let lo = _mm_and_si128(v, m);
@@ -872,6 +897,34 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_rows_follow_the_unpack_order() {
+        for bits in [Bits::B2, Bits::B4] {
+            let x = rand(3, 3 * q8_super(bits) + 5);
+            let r = Q8Row::new(&x, bits);
+            let sb = q8_super(bits);
+            // The fourth super-block holds the last 5 columns and zero padding.
+            assert_eq!(r.done, x.len());
+            assert_eq!(r.d.len(), 4 * sb / Q8_BLOCK);
+            assert_eq!(r.q.len(), 4 * sb);
+            for j in x.len()..4 * sb {
+                assert_eq!(
+                    r.q[3 * sb + q8_position(bits, j % sb)],
+                    0,
+                    "{bits:?} pad {j}"
+                );
+            }
+            for (j, xv) in x.iter().enumerate() {
+                let pos = (j / sb) * sb + q8_position(bits, j % sb);
+                let back = f32::from(r.q[pos]) * r.d[pos / Q8_BLOCK];
+                assert!(
+                    (back - xv).abs() <= r.d[pos / Q8_BLOCK] / 2.0 + 1e-7,
+                    "{bits:?} column {j}: {xv} stored as {back}"
+                );
             }
         }
     }

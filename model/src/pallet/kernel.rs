@@ -186,14 +186,17 @@ impl<'a> Q8Row<'a> {
             Bits::B4 => (2, 1),
             _ => (4, 2),
         };
+        let mut padded = [0f32; 64];
         for (xs, qs) in x.chunks(sb).zip(q.chunks_exact_mut(sb)) {
+            let xs = if xs.len() == sb {
+                xs
+            } else {
+                padded[..xs.len()].copy_from_slice(xs);
+                &padded[..sb]
+            };
             for (blk, qb) in qs.chunks_exact_mut(Q8_BLOCK).enumerate() {
                 // Position p of this block is column stride·(p mod 16) + lanes·blk + p / 16.
-                let at = |p: usize| {
-                    xs.get(stride * (p % 16) + lanes * blk + p / 16)
-                        .copied()
-                        .unwrap_or(0.0)
-                };
+                let at = |p: usize| xs[stride * (p % 16) + lanes * blk + p / 16];
                 let max = (0..Q8_BLOCK).fold(0f32, |m, p| m.max(at(p).abs()));
                 let scale = max / 127.0;
                 let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -284,8 +287,11 @@ fn row_dot_q8<const M: usize>(w: &PalletMatrix, r: usize, xq: [&Q8Row; M]) -> [f
         let _ = (t8, row);
         [0f32; M]
     };
-    // Every row has the same width, so the same `done`.
+    // Every row has the same width, so the same `done` (all columns, on this path).
     let done = xq.first().map_or(0, |x| x.done);
+    if done >= w.cols() {
+        return main.map(|m| scale * m);
+    }
     let tail = scalar_row_dot(row, table, w.bits(), w.cols(), xq.map(|x| x.x), done);
     std::array::from_fn(|i| scale * main[i] + tail[i])
 }

@@ -28,7 +28,7 @@ use super::{Bits, PalletMatrix};
 pub const GEMV_MAX_ROWS: usize = 8;
 /// Largest number of rows that takes the decode path in [`matmul_decode`] (a batched decode
 /// step: one row per sequence).
-pub const DECODE_MAX_ROWS: usize = 64;
+pub const DECODE_MAX_ROWS: usize = 32;
 /// Input rows the int8 decode kernel multiplies with one unpacked weight row at once.
 pub const Q8_ROWS: usize = 4;
 /// Weight rows dequantized per block on the prefill path.

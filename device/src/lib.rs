@@ -19,6 +19,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Local generation runs candle on the CPU. Set `RAYON_NUM_THREADS` before the app starts
+//! threads (or call `tandem_model::default_thread_count()` first thing in `main`, as the
+//! `tandem` binary does): without it candle re-reads `/proc/cpuinfo` on every matmul and local
+//! generation is 2–4× slower (BENCHMARKS.md, "tandem-node serve").
+//!
 //! - [`config`]: the device config (models, gateway, trust policy, routing, timeouts).
 //! - [`models`]: model and adapter pins (content and per-file digests).
 //! - [`router`]: the local-first routing decision.

@@ -12,9 +12,13 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, f);
         for m in f.matrices.values() {
             if m.rows() * m.cols() <= 1 << 16 {
-                let x = vec![1.0f32; m.cols()];
-                let y = kernel::gemv(m, &x, 1);
+                // One row, and a batch of 5 (a group of four rows plus one).
+                let x: Vec<f32> = (0..5 * m.cols()).map(|i| (i % 7) as f32 - 3.0).collect();
+                let y = kernel::gemv(m, &x[..m.cols()], 1);
                 assert_eq!(y.len(), m.rows());
+                let y5 = kernel::gemv(m, &x, 5);
+                assert_eq!(y5.len(), 5 * m.rows());
+                assert_eq!(&y5[..m.rows()], &y[..], "batched row 0 equals it alone");
             }
         }
     }

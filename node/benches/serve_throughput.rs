@@ -54,6 +54,13 @@ async fn run() {
         other => panic!("--model must be device, server or both, not {other}"),
     };
     let only_batched = args.iter().any(|a| a == "--batched-only");
+    let levels: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--streams")
+        .and_then(|i| args.get(i + 1))
+        .map_or(vec![1, 4, 16], |s| {
+            s.split(',').filter_map(|t| t.parse().ok()).collect()
+        });
     for &model in models {
         // Unbatched: up to 16 generations at once, each its own forward pass.
         if !only_batched {
@@ -61,6 +68,7 @@ async fn run() {
                 model,
                 "[limits]\nqueue_depth = 256\nmax_concurrent = 16\n",
                 "unbatched",
+                &levels,
             )
             .await;
         }
@@ -69,12 +77,13 @@ async fn run() {
             model,
             "[limits]\nqueue_depth = 256\nmax_concurrent = 1\nmax_batch = 16\n",
             "batched",
+            &levels,
         )
         .await;
     }
 }
 
-async fn run_config(model: &str, config: &str, mode: &str) {
+async fn run_config(model: &str, config: &str, mode: &str, levels: &[usize]) {
     let bin_dir = tempfile::tempdir().unwrap();
     let binary = bin_dir.path().join("tandem-node");
     std::fs::write(&binary, b"stand-in").unwrap();
@@ -105,13 +114,7 @@ async fn run_config(model: &str, config: &str, mode: &str) {
     // Warm-up.
     let (s, ctx) = seal(&configs, digest, None, "warm up", 8, now());
     submit(&mut c, s, ctx).await.unwrap();
-    let levels: Vec<usize> = std::env::args()
-        .skip_while(|a| a != "--streams")
-        .nth(1)
-        .map_or(vec![1, 4, 16], |s| {
-            s.split(',').filter_map(|t| t.parse().ok()).collect()
-        });
-    for conc in levels {
+    for &conc in levels {
         let total = (conc * 4).max(8);
         let start = Instant::now();
         let mut tasks = Vec::new();

@@ -140,14 +140,12 @@ pub const Q8_BLOCK: usize = 32;
 
 /// One input row quantized for the int8 decode kernel: per block of [`Q8_BLOCK`] columns a scale
 /// `d` and int8 values `round(x / d)` (`d = max|x| / 127`), stored in the order the kernel
-/// unpacks the indices in (see `q8_position`); a last partial super-block is zero-padded.
+/// unpacks the indices in (see `q8_position`); a last partial super-block is zero-padded, so
+/// `q` covers every column.
 #[derive(Debug)]
-pub struct Q8Row<'a> {
+pub struct Q8Row {
     d: Vec<f32>,
     q: Vec<i8>,
-    x: &'a [f32],
-    /// Columns covered by `q` (all of them: the last super-block is zero-padded).
-    done: usize,
 }
 
 /// Columns per super-block: what one iteration of the kernel unpacks.
@@ -171,9 +169,9 @@ fn q8_position(bits: Bits, j: usize) -> usize {
     }
 }
 
-impl<'a> Q8Row<'a> {
+impl Q8Row {
     /// Quantizes `x` for a matrix of width `bits`.
-    pub fn new(x: &'a [f32], bits: Bits) -> Self {
+    pub fn new(x: &[f32], bits: Bits) -> Self {
         let sb = q8_super(bits);
         // A last, partial super-block is padded with zeros (which add nothing to any product).
         let supers = x.len().div_ceil(sb);
@@ -206,12 +204,7 @@ impl<'a> Q8Row<'a> {
                 d.push(scale);
             }
         }
-        Q8Row {
-            d,
-            q,
-            x,
-            done: x.len(),
-        }
+        Q8Row { d, q }
     }
 }
 
@@ -261,7 +254,7 @@ pub fn gemv(w: &PalletMatrix, x: &[f32], n: usize) -> Vec<f32> {
 /// Each result is computed in the same order as with `M = 1`, so it does not depend on which
 /// other rows share the call.
 fn row_dot_q8<const M: usize>(w: &PalletMatrix, r: usize, xq: [&Q8Row; M]) -> [f32; M] {
-    let (row, table) = row_parts(w, r);
+    let (row, _) = row_parts(w, r);
     let (t8, scale) = w.table_i8(r / w.group_size());
     #[cfg(all(
         target_arch = "x86_64",
@@ -287,13 +280,7 @@ fn row_dot_q8<const M: usize>(w: &PalletMatrix, r: usize, xq: [&Q8Row; M]) -> [f
         let _ = (t8, row);
         [0f32; M]
     };
-    // Every row has the same width, so the same `done` (all columns, on this path).
-    let done = xq.first().map_or(0, |x| x.done);
-    if done >= w.cols() {
-        return main.map(|m| scale * m);
-    }
-    let tail = scalar_row_dot(row, table, w.bits(), w.cols(), xq.map(|x| x.x), done);
-    std::array::from_fn(|i| scale * main[i] + tail[i])
+    main.map(|m| scale * m)
 }
 
 fn transpose(yt: Vec<f32>, rows: usize, n: usize) -> Vec<f32> {
@@ -914,7 +901,7 @@ mod tests {
             let r = Q8Row::new(&x, bits);
             let sb = q8_super(bits);
             // The fourth super-block holds the last 5 columns and zero padding.
-            assert_eq!(r.done, x.len());
+            assert!(r.q.len() >= x.len(), "{bits:?}: every column is quantized");
             assert_eq!(r.d.len(), 4 * sb / Q8_BLOCK);
             assert_eq!(r.q.len(), 4 * sb);
             for j in x.len()..4 * sb {

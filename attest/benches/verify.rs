@@ -2,8 +2,7 @@
 //! cached (a `VerificationCache` hit). Run: `cargo bench -p tandem-attest --bench verify`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use tandem_attest::test_util as common;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;

@@ -10,6 +10,8 @@ pub mod error;
 pub mod evidence;
 pub mod log;
 pub mod release;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod verify;
 
 pub use error::{AttestationError, EvidenceError, ReleaseError, VerifyError};

@@ -3,15 +3,13 @@
 //! consistency, witnesses, required digests, nonces and the cache.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::*;
 use serde_json::Value;
 use tandem_attest::attestation::AttestationBundle;
 use tandem_attest::digest::Sha256Digest;
 use tandem_attest::release::ReleaseSigningKey;
+use tandem_attest::test_util::*;
 use tandem_attest::verify::{
     KnownCheckpoint, Policy, StepStatus, VerificationCache, Verifier, VerifyContext,
 };

@@ -24,9 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tandem_attest::log::{Hash, LogReader};
+use tandem_attest::log::Hash;
 use tandem_attest::release::LogEntry;
 use tandem_attest::verify::{KnownCheckpoint, Policy};
+use tandem_log::LogClient;
 
 use crate::error::{ConfigError, RemoteError};
 
@@ -34,7 +35,7 @@ use crate::error::{ConfigError, RemoteError};
 #[derive(Debug)]
 pub struct CheckpointBook {
     policy: Policy,
-    reader: LogReader,
+    reader: LogClient,
     file: Option<PathBuf>,
     state: Mutex<State>,
 }
@@ -59,7 +60,7 @@ impl CheckpointBook {
         file: Option<PathBuf>,
         timeout: Duration,
     ) -> Result<Self, ConfigError> {
-        let reader = LogReader::new(log_url, timeout)
+        let reader = LogClient::new(log_url, timeout)
             .map_err(|e| ConfigError::invalid("log_url", e.to_string()))?;
         let newest = match &file {
             Some(p) if p.exists() => Some(load(&policy, p)?),

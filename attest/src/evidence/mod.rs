@@ -15,7 +15,7 @@
 
 pub mod cert;
 pub mod software;
-#[cfg(feature = "tpm")]
+#[cfg(all(feature = "tpm", feature = "test-util"))]
 pub mod swtpm;
 pub mod tpm;
 #[cfg(feature = "tpm")]

@@ -17,24 +17,7 @@ use tandem_proto::{NodeKey, ReplayConfig, ReplayGuard, Suite};
 
 use super::NodeError;
 
-/// The node's clock (seconds since the Unix epoch), injectable for tests.
-pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    /// Now.
-    fn now(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
-}
+pub use tandem_service::{Clock, SystemClock};
 
 /// A root of trust the node can share between threads.
 pub type SharedRoot = Box<dyn RootOfTrust + Send>;

@@ -4,18 +4,19 @@
 
 use tandem_attest::log::note::VerifiedCheckpoint;
 use tandem_attest::log::tile::{TILE_WIDTH, TileKind, TilePath};
-use tandem_attest::log::{FetchError, InclusionBundle, LogReader, NoteVerifier};
+use tandem_attest::log::{InclusionBundle, NoteVerifier};
 use tandem_attest::release::{LogEntry, ReleaseBundle};
+use tandem_log::FetchError;
 
 use super::NodeError;
 
 /// Most entries the node scans when its bundle carries no usable log index.
 const MAX_SCAN: u64 = 1 << 20;
 
-/// The node's reader of its log: a [`LogReader`] plus the key its checkpoints are signed with.
+/// The node's reader of its log: a [`tandem_log::LogClient`] plus the key its checkpoints are signed with.
 #[derive(Debug, Clone)]
 pub struct LogClient {
-    reader: LogReader,
+    reader: tandem_log::LogClient,
     base: String,
     key: NoteVerifier,
 }
@@ -27,12 +28,13 @@ impl LogClient {
             url: base.into(),
             reason: format!("log key: {e}"),
         })?;
-        let reader = LogReader::new(base, std::time::Duration::from_secs(30)).map_err(|e| {
-            NodeError::Log {
-                url: base.into(),
-                reason: e.to_string(),
-            }
-        })?;
+        let reader =
+            tandem_log::LogClient::new(base, std::time::Duration::from_secs(30)).map_err(|e| {
+                NodeError::Log {
+                    url: base.into(),
+                    reason: e.to_string(),
+                }
+            })?;
         Ok(Self {
             base: reader.base().to_owned(),
             reader,

@@ -1,14 +1,12 @@
-//! `tandem-node`: run a compute node, the fleet gateway, or a whole local fleet.
+//! `tandem-node`: what a compute node runs, and nothing else. This executable is measured into
+//! the node's release, so it links no gateway, fleet or CA code (ARCHITECTURE.md).
 
 use clap::{Parser, Subcommand};
 
-mod ca_cmd;
-mod dev_cmd;
-mod gateway_cmd;
 mod serve_cmd;
 mod tpm_cmd;
 
-/// Tandem's server side: stateless compute nodes and the fleet gateway.
+/// A Tandem compute node: opens sealed requests, runs the model, streams sealed answers.
 #[derive(Debug, Parser)]
 #[command(name = "tandem-node", version)]
 struct Cli {
@@ -20,15 +18,8 @@ struct Cli {
 enum Cmd {
     /// Run a compute node from a config file.
     Serve(serve_cmd::Args),
-    /// Run the fleet gateway from a config file.
-    Gateway(gateway_cmd::Args),
-    /// Start a local fleet on loopback: log, signed release, N nodes and a gateway.
-    Dev(dev_cmd::Args),
     /// Print the attestation key of this node's TPM, for the fleet CA to certify.
     TpmAk(tpm_cmd::Args),
-    /// The fleet CA: make its key, give nodes identities, certify TPM attestation keys.
-    #[command(subcommand)]
-    Ca(ca_cmd::Cmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,12 +28,8 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         tandem_model::default_thread_count()
     };
-    let cli = Cli::parse();
-    match cli.cmd {
+    match Cli::parse().cmd {
         Cmd::Serve(a) => serve_cmd::run(a),
-        Cmd::Gateway(a) => gateway_cmd::run(a),
-        Cmd::Dev(a) => dev_cmd::run(a),
         Cmd::TpmAk(a) => tpm_cmd::run(a),
-        Cmd::Ca(c) => ca_cmd::run(c),
     }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tandem_node::config::{NodeConfig, Overrides};
-use tandem_node::node::{Node, SystemClock};
+use tandem_node::node::Node;
+use tandem_service::SystemClock;
 
 /// Arguments of `tandem-node serve`.
 #[derive(Debug, clap::Args)]
@@ -73,11 +74,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let binary = std::env::current_exe().context("finding the node executable to measure")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = tandem_service::runtime(2).context("starting the async runtime")?;
     rt.block_on(async move {
         let node = Node::start(resolved, &bytes, &binary, Arc::new(SystemClock)).await?;
         let listener = node.bind().await?;
@@ -88,30 +85,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             writeln!(out, "serving {addr}")?;
             out.flush()?;
         }
-        node.serve(listener, shutdown_signal()).await?;
+        node.serve(listener, tandem_service::shutdown_signal())
+            .await?;
         anyhow::Ok(())
     })
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

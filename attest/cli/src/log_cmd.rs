@@ -1,0 +1,288 @@
+//! `attest log ...`: the transparency-log server and its clients.
+
+#[path = "log/client.rs"]
+mod client;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use tandem_attest::log::NoteSigner;
+use tandem_log::server;
+use tandem_log::store::LogStore;
+
+/// Arguments of `attest log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    #[command(subcommand)]
+    command: LogCommand,
+}
+
+/// Where the log is and how to check it.
+#[derive(Debug, Args)]
+struct LogTarget {
+    /// Base URL of the log, e.g. `http://127.0.0.1:8080`.
+    #[arg(long)]
+    log: String,
+    /// The log's verifier key (`name+id+base64`), or a file holding it.
+    #[arg(long = "log-key")]
+    log_key: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Generate a log signing key (C2SP signed-note Ed25519); prints the verifier key.
+    Keygen {
+        /// Origin (log name) the key signs checkpoints for, e.g. `tandem.example/log`.
+        #[arg(long)]
+        origin: String,
+        /// Where to write the private signing key (created with mode 0600, never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Serve the log (C2SP tlog-tiles read API plus `POST /add` and `POST /add-batch`).
+    Serve {
+        /// Directory holding the log's WAL, tiles and checkpoint (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// The private key file written by `attest log keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// Threads serving HTTP (default: one less than the CPUs, at least one; the sequencer
+        /// that commits batches has a thread of its own).
+        #[arg(long)]
+        http_threads: Option<usize>,
+    },
+    /// Append entries and print each one's verified inclusion proof.
+    ///
+    /// One file is sent with `POST /add`. Several are sent together with `POST /add-batch`
+    /// (one durable commit and one checkpoint per request of up to 4,096 entries / 8 MiB) and
+    /// get consecutive indices in the order given.
+    Append {
+        #[command(flatten)]
+        target: LogTarget,
+        /// Files, each holding one entry (`-` for standard input, at most once).
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Print JSON: the inclusion bundle (one file) or an array of them, in file order.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch and verify the log's current checkpoint.
+    Checkpoint {
+        #[command(flatten)]
+        target: LogTarget,
+        /// Also write the signed checkpoint to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A checkpoint saved earlier: require a consistency proof from it.
+        #[arg(long)]
+        since: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prove that an entry is in the log: inclusion proof built from the log's tiles.
+    Prove {
+        #[command(flatten)]
+        target: LogTarget,
+        /// File holding the entry.
+        file: PathBuf,
+        /// Index of the entry in the log.
+        #[arg(long)]
+        index: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay the whole log: fetch every entry bundle and hash tile, recompute the tree, check
+    /// the checkpoint and consistency with a saved checkpoint.
+    Audit {
+        #[command(flatten)]
+        target: LogTarget,
+        /// A checkpoint saved earlier; the log must still extend it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Save the newly verified checkpoint here.
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run an `attest log` subcommand.
+pub fn run(args: LogArgs) -> anyhow::Result<()> {
+    match args.command {
+        LogCommand::Keygen { origin, out } => keygen(&origin, &out),
+        LogCommand::Serve {
+            dir,
+            listen,
+            key,
+            http_threads,
+        } => {
+            // Validate everything before binding the port.
+            let signer = load_signer(&key)?;
+            let (store, rec) = LogStore::open(&dir, signer)?;
+            eprintln!(
+                "log {}: {} entries (published checkpoint was {}, cut {} torn WAL bytes)",
+                dir.display(),
+                rec.entries,
+                rec.previous_checkpoint,
+                rec.truncated_bytes
+            );
+            serve_runtime(http_threads)?.block_on(serve(store, &listen))
+        }
+        LogCommand::Append {
+            target,
+            files,
+            json,
+        } => {
+            if files.iter().filter(|f| *f == Path::new("-")).count() > 1 {
+                anyhow::bail!("standard input (-) can be given only once");
+            }
+            let entries = files
+                .iter()
+                .map(|f| read_input(f))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let vkey = load_vkey(&target.log_key)?;
+            if let [entry] = entries.as_slice() {
+                runtime()?.block_on(client::append(&target.log, &vkey, entry, json))
+            } else {
+                runtime()?.block_on(client::append_batch(
+                    &target.log,
+                    &vkey,
+                    &files,
+                    &entries,
+                    json,
+                ))
+            }
+        }
+        LogCommand::Checkpoint {
+            target,
+            out,
+            since,
+            json,
+        } => runtime()?.block_on(client::checkpoint(
+            &target.log,
+            &load_vkey(&target.log_key)?,
+            out.as_deref(),
+            since.as_deref(),
+            json,
+        )),
+        LogCommand::Prove {
+            target,
+            file,
+            index,
+            json,
+        } => {
+            let entry = read_input(&file)?;
+            runtime()?.block_on(client::prove(
+                &target.log,
+                &load_vkey(&target.log_key)?,
+                &entry,
+                index,
+                json,
+            ))
+        }
+        LogCommand::Audit {
+            target,
+            checkpoint,
+            save,
+            json,
+        } => runtime()?.block_on(client::audit(
+            &target.log,
+            &load_vkey(&target.log_key)?,
+            checkpoint.as_deref(),
+            save.as_deref(),
+            json,
+        )),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The server's runtime: `threads` async workers for HTTP, by default one less than the CPUs
+/// (the sequencer has its own thread).
+fn serve_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = threads.unwrap_or(cpus.saturating_sub(1)).max(1);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+        return Ok(b);
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn load_signer(path: &Path) -> anyhow::Result<NoteSigner> {
+    let skey = std::fs::read_to_string(path)
+        .with_context(|| format!("reading key file {}", path.display()))?;
+    NoteSigner::from_skey(&skey).with_context(|| format!("key file {}", path.display()))
+}
+
+/// A verifier key given inline or as a file.
+fn load_vkey(arg: &str) -> anyhow::Result<tandem_attest::log::NoteVerifier> {
+    let text = if Path::new(arg).is_file() {
+        std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?
+    } else {
+        arg.to_owned()
+    };
+    Ok(tandem_attest::log::NoteVerifier::new(text.trim())?)
+}
+
+fn keygen(origin: &str, out: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let (signer, skey) = NoteSigner::generate_with_rng(&mut rand::rngs::OsRng, origin)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(out).with_context(|| {
+        format!(
+            "creating key file {} (it must not exist yet)",
+            out.display()
+        )
+    })?;
+    f.write_all(format!("{skey}\n").as_bytes())?;
+    f.sync_all()?;
+    println!("{}", signer.vkey());
+    Ok(())
+}
+
+/// Serve until Ctrl-C / SIGTERM.
+async fn serve(store: LogStore, listen: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on :0.
+    println!("listening on http://{addr}");
+    axum::serve(listener, server::app(store))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving HTTP")
+}

@@ -1,0 +1,18 @@
+//! `tandem-log`: the transparency log's I/O. The verifying code (RFC 9162 proofs, C2SP
+//! checkpoints, signed notes, tiles) is pure and lives in `tandem_attest::log`; this crate moves
+//! its bytes.
+//!
+//! - [`http`]: [`LogClient`], the one HTTP client of a log (tlog-tiles reads, proofs built from
+//!   tiles, `POST /add`), shared by node start-up, the device, the fleet tools and the `attest`
+//!   CLI. Nothing it fetches is trusted until a `tandem_attest::log` function has checked it.
+//! - [`store`] (feature `server`): the log's durable files, with group commit.
+//! - [`server`] (feature `server`): its HTTP API, run by `attest log serve` and, in-process, by
+//!   `tandem-fleet dev` and the end-to-end tests.
+
+pub mod http;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod store;
+
+pub use http::{FetchError, LogClient};

@@ -11,7 +11,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use sha2::{Digest as _, Sha256};
 use tandem_attest::digest::Sha256Digest as FileDigest;
 use tandem_model::{AdapterDigest, ModelDigest};
 
@@ -99,11 +98,13 @@ pub struct ModelPin {
 }
 
 fn file_digest(path: &Path) -> Result<FileDigest, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+    let read = |source| ConfigError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    Ok(FileDigest(Sha256::digest(&bytes).into()))
+    };
+    let f = std::fs::File::open(path).map_err(read)?;
+    let (d, _) = tandem_attest::digest::Sha256Digest::of_reader(f, |_| {}).map_err(read)?;
+    Ok(FileDigest(d.0))
 }
 
 impl ModelPin {

@@ -9,7 +9,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use sha2::{Digest as _, Sha256};
 use tandem_attest::digest::Sha256Digest;
 use tandem_attest::verify::{Policy, VerifiedNode, Verifier, VerifyContext};
 use tandem_proto::v1::gateway_client::GatewayClient;
@@ -142,7 +141,11 @@ pub fn required(dir: &Path) -> Vec<Sha256Digest> {
     tandem_model::model_files(dir)
         .unwrap()
         .iter()
-        .map(|f| Sha256Digest(Sha256::digest(std::fs::read(f).unwrap()).into()))
+        .map(|f| {
+            Sha256Digest::of_reader(std::fs::File::open(f).unwrap(), |_| {})
+                .unwrap()
+                .0
+        })
         .collect()
 }
 

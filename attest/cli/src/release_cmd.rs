@@ -2,13 +2,11 @@
 //! Sigstore bundle, and show manifests and bundles.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use sha2::{Digest as _, Sha256};
 use tandem_attest::digest::Sha256Digest;
 use tandem_attest::log::InclusionBundle;
 use tandem_attest::release::{
@@ -246,25 +244,13 @@ fn create(a: CreateArgs) -> Result<()> {
     let mut artifacts = Vec::with_capacity(inputs.len());
     for (kind, name, path) in inputs {
         bar.set_message(name.clone());
-        let mut f = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = f
-                .read(&mut buf)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            size += n as u64;
-            bar.inc(n as u64);
-        }
+        let f = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let (digest, size) = Sha256Digest::of_reader(f, |n| bar.inc(n))
+            .with_context(|| format!("reading {}", path.display()))?;
         artifacts.push(Artifact {
             kind,
             name,
-            sha256: Sha256Digest(h.finalize().into()),
+            sha256: digest,
             size,
         });
     }

@@ -13,10 +13,8 @@
 //!
 //! `<model>` is the model directory's last path component (`device`, `server`).
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
 use tandem_attest::digest::Sha256Digest;
 use tandem_attest::release::{Artifact, ArtifactKind, ReleaseBundle, ReleaseManifest};
 
@@ -32,19 +30,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
 
 /// SHA-256 and length of a file, streamed.
 pub fn digest_file(path: &Path) -> Result<(Sha256Digest, u64), NodeError> {
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((Sha256Digest(h.finalize().into()), size))
+    let f = std::fs::File::open(path).map_err(io(path))?;
+    Sha256Digest::of_reader(f, |_| {}).map_err(io(path))
 }
 
 fn file_artifact(kind: ArtifactKind, name: String, path: &Path) -> Result<Artifact, NodeError> {

@@ -179,28 +179,27 @@ impl Node {
             .published()
             .ok_or_else(|| NodeError::Serve("no key after start-up".into()))?;
         let limits = config.limits.clone();
-        let models: Vec<serde_json::Value> = engine
+        let models: Vec<event::ServedModel> = engine
             .models()
-            .map(|m| {
-                serde_json::json!({
-                    "name": m.name,
-                    "digest": m.loaded.digest.to_string(),
-                    "adapters": m.adapters.iter().map(|(d, (n, _))| serde_json::json!({"name": n, "digest": d.to_string()})).collect::<Vec<_>>(),
-                })
+            .map(|m| event::ServedModel {
+                name: m.name.clone(),
+                digest: m.loaded.digest.to_string(),
+                adapters: m
+                    .adapters
+                    .iter()
+                    .map(|(d, (n, _))| (n.clone(), d.to_string()))
+                    .collect(),
             })
             .collect();
-        event::emit(
-            "node_start",
-            serde_json::json!({
-                "release": release_digest.to_string(),
-                "models": models,
-                "key_id": published.key_id,
-                "key_expiry": published.key_expiry,
-                "checkpoint_size": checkpoint_size,
-                "listen": config.listen.to_string(),
-                "tls": tls.is_some(),
-            }),
-        );
+        event::emit(&event::Event::NodeStart {
+            release: release_digest,
+            models: &models,
+            key_id: published.key_id,
+            key_expiry: published.key_expiry,
+            checkpoint_size,
+            listen: config.listen,
+            tls: tls.is_some(),
+        });
         let engine = Arc::new(engine);
         let batcher = (limits.max_batch > 1).then(|| {
             batch::Batcher::start(
@@ -279,7 +278,7 @@ impl Node {
                     if let Ok(m) = shared.keys.maintain(shared.clock.now())
                         && let Some(id) = m.rotated_to
                     {
-                        event::emit("key_rotated", serde_json::json!({"key_id": id}));
+                        event::emit(&event::Event::KeyRotated { key_id: id });
                     }
                 }
             })
@@ -288,12 +287,11 @@ impl Node {
         let shutdown = async move {
             shutdown.await;
             drain_state.draining.store(true, Ordering::SeqCst);
-            event::emit(
-                "drain_start",
-                serde_json::json!({"in_flight": drain_state.in_flight.load(Ordering::SeqCst)}),
-            );
+            event::emit(&event::Event::DrainStart {
+                in_flight: drain_state.in_flight.load(Ordering::SeqCst),
+            });
         };
-        event::emit("serving", serde_json::json!({"listen": addr.to_string()}));
+        event::emit(&event::Event::Serving { listen: addr });
         // No Nagle: a short answer is a few small writes (head, chunk, final chunk); with Nagle
         // and the peer's delayed ACK each can wait ~40 ms.
         let incoming =
@@ -314,10 +312,9 @@ impl Node {
         if let Some(r) = refresher {
             r.abort();
         }
-        event::emit(
-            "drain_done",
-            serde_json::json!({"in_flight": shared.in_flight.load(Ordering::SeqCst)}),
-        );
+        event::emit(&event::Event::DrainDone {
+            in_flight: shared.in_flight.load(Ordering::SeqCst),
+        });
         result
     }
 }
@@ -330,19 +327,16 @@ async fn refresh_log(shared: Arc<service::Shared>, log: logproof::LogClient, eve
         };
         match log.prove_release(current, shared.clock.now()).await {
             Ok((b, size)) => match shared.keys.set_release(b) {
-                Ok(()) => event::emit(
-                    "log_refreshed",
-                    serde_json::json!({"checkpoint_size": size}),
-                ),
-                Err(e) => event::emit(
-                    "log_refresh_failed",
-                    serde_json::json!({"reason": e.to_string()}),
-                ),
+                Ok(()) => event::emit(&event::Event::LogRefreshed {
+                    checkpoint_size: size,
+                }),
+                Err(e) => event::emit(&event::Event::LogRefreshFailed {
+                    reason: e.to_string(),
+                }),
             },
-            Err(e) => event::emit(
-                "log_refresh_failed",
-                serde_json::json!({"reason": e.to_string()}),
-            ),
+            Err(e) => event::emit(&event::Event::LogRefreshFailed {
+                reason: e.to_string(),
+            }),
         }
     }
 }

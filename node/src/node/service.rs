@@ -94,7 +94,7 @@ impl Shared {
         if let Ok(m) = self.keys.maintain(now)
             && let Some(id) = m.rotated_to
         {
-            event::emit("key_rotated", serde_json::json!({"key_id": id}));
+            event::emit(&event::Event::KeyRotated { key_id: id });
         }
         // 2.
         let limits = Limits::default();
@@ -223,10 +223,11 @@ impl Shared {
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<SubmitReply, Status>> + Send + 'static>>;
 
 fn reject(f: &Failure, start: Instant) -> Status {
-    event::emit(
-        "request_rejected",
-        serde_json::json!({"reason": f.kind(), "code": f.code() as i32, "ms": start.elapsed().as_millis() as u64}),
-    );
+    event::emit(&event::Event::RequestRejected {
+        reason: f.kind(),
+        code: f.code() as i32,
+        ms: start.elapsed().as_millis() as u64,
+    });
     f.to_status()
 }
 
@@ -264,16 +265,13 @@ impl Node for NodeService {
             move |out: engine::Outcome| {
                 drop(place);
                 s.in_flight.fetch_sub(1, Ordering::SeqCst);
-                event::emit(
-                    "request_done",
-                    serde_json::json!({
-                        "prompt_tokens": out.prompt_tokens,
-                        "tokens": out.completion_tokens,
-                        "finish": out.finish,
-                        "batch": out.batch,
-                        "ms": start.elapsed().as_millis() as u64,
-                    }),
-                );
+                event::emit(&event::Event::RequestDone {
+                    prompt_tokens: out.prompt_tokens,
+                    tokens: out.completion_tokens,
+                    finish: out.finish,
+                    batch: out.batch,
+                    ms: start.elapsed().as_millis() as u64,
+                });
             }
         };
         if let Some(b) = &s.batcher {
@@ -339,7 +337,7 @@ impl Node for NodeService {
         if let Ok(m) = self.shared.keys.maintain(now)
             && let Some(id) = m.rotated_to
         {
-            event::emit("key_rotated", serde_json::json!({"key_id": id}));
+            event::emit(&event::Event::KeyRotated { key_id: id });
         }
         let p = self
             .shared

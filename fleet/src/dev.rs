@@ -36,7 +36,7 @@ use thiserror::Error;
 
 use tandem_gateway::config::NodeEndpoint;
 use tandem_gateway::{BoundGateway, EventSink, GatewayConfig, GatewayError};
-use tandem_node::config::{NodeConfig, Overrides};
+use tandem_node::config::{ModelConfig, NodeConfig, Overrides, RootOfTrustConfig};
 use tandem_node::node::{identity, measure};
 
 /// Origin (name) of the dev log's checkpoints.
@@ -161,8 +161,8 @@ pub struct DevFleet {
     pub metrics_addr: SocketAddr,
     /// The trust policy file.
     pub policy_path: PathBuf,
-    /// The device config (`tandem_device::Config` JSON).
-    pub device_config: serde_json::Value,
+    /// The device config (written to `--write-config` when given).
+    pub device_config: tandem_device::Config,
     /// The node processes.
     pub nodes: Vec<NodeProcess>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -175,11 +175,6 @@ fn abs(p: &Path) -> Result<PathBuf, DevError> {
         path: p.to_owned(),
         source,
     })
-}
-
-/// TOML string literal (basic string with escapes).
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
 }
 
 impl DevFleet {
@@ -280,15 +275,21 @@ impl DevFleet {
         // 4. The shared node config.
         let config_path = dir.join("node.toml");
         let release_path = dir.join("release.json");
+        let node_config = NodeConfig::new(
+            vec![
+                ModelConfig::new(models.join("device")),
+                ModelConfig::new(models.join("server")),
+            ],
+            log_url.clone(),
+            log_vkey.clone(),
+            PathBuf::from("release.json"),
+            RootOfTrustConfig::Software,
+        );
         let config_text = format!(
-            "# tandem-node dev: one config for every node of this release.\n\
-             log_url = {}\nlog_key = {}\nrelease_bundle = \"release.json\"\n\n\
-             [[models]]\ndir = {}\n\n[[models]]\ndir = {}\n\n\
-             [root_of_trust]\nkind = \"software\"\n",
-            toml_str(&log_url),
-            toml_str(&log_vkey),
-            toml_str(&models.join("device").to_string_lossy()),
-            toml_str(&models.join("server").to_string_lossy()),
+            "# tandem-fleet dev: one config for every node of this release.\n{}",
+            node_config
+                .to_toml()
+                .map_err(|e| setup("writing the node config")(e.to_string()))?
         );
         write("writing", &config_path, config_text.as_bytes())?;
 
@@ -400,22 +401,19 @@ impl DevFleet {
             .map_err(|e| setup("building the trust policy")(e.to_string()))?;
         let policy_path = dir.join("policy.json");
         write("writing", &policy_path, &policy_bytes)?;
-        let mut device_config = serde_json::json!({
-            "gateway": format!("http://{gateway_addr}"),
-            "tls_ca_pem": null,
-            "policy": policy,
-            "log_url": log_url,
-            "models": {
-                "device": models.join("device").to_string_lossy(),
-                "server": models.join("server").to_string_lossy(),
-            },
-        });
+        let mut device_config = tandem_device::Config {
+            gateway: Some(format!("http://{gateway_addr}")),
+            policy: Some(policy),
+            log_url: Some(log_url.clone()),
+            ..tandem_device::Config::default()
+        };
+        device_config.models.device = Some(models.join("device"));
+        device_config.models.server = Some(models.join("server"));
         if let Some(p) = &opts.write_config {
             // The device keeps the newest log checkpoint it verified beside its config.
-            device_config["checkpoint_file"] = abs(&p.with_extension("checkpoint"))?
-                .to_string_lossy()
-                .into();
-            let text = serde_json::to_vec_pretty(&device_config).unwrap_or_default();
+            device_config.checkpoint_file = Some(abs(&p.with_extension("checkpoint"))?);
+            let text = serde_json::to_vec_pretty(&device_config)
+                .map_err(|e| setup("writing the device config")(e.to_string()))?;
             write("writing the device config", p, &text)?;
         }
         Ok(DevFleet {

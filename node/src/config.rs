@@ -38,7 +38,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default HPKE key lifetime: 24 hours.
 pub const DEFAULT_KEY_LIFETIME_SECS: u64 = 24 * 3600;
@@ -92,7 +92,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The node config as written in the TOML file (shared by every node of a release).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Models to serve, at least one. Every model must use the same `tokenizer.json` (the
@@ -100,7 +100,7 @@ pub struct NodeConfig {
     pub models: Vec<ModelConfig>,
     /// Default listen address (`host:port`). Per node, so normally given with `--listen`,
     /// which overrides this.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// Base URL of the transparency log of releases (C2SP tlog-tiles read API: `GET
     /// /checkpoint`, `GET /tile/...`), e.g. `http://127.0.0.1:7000`.
@@ -145,7 +145,7 @@ pub struct NodeConfig {
 }
 
 /// One model directory to serve.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The model directory (`config.json`, `*.safetensors`, `tokenizer.json`), as
@@ -154,7 +154,7 @@ pub struct ModelConfig {
     pub dir: PathBuf,
     /// Adapters to serve, by directory name under `<dir>/adapters/`. Omitted: every
     /// subdirectory of `<dir>/adapters/`; empty list: none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapters: Option<Vec<String>>,
     /// Compute dtype: `"f32"` (default; what the device's local path uses, so greedy outputs
     /// match) or `"f16"`.
@@ -163,7 +163,7 @@ pub struct ModelConfig {
 }
 
 /// The root of trust.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum RootOfTrustConfig {
     /// Development root: a P-256 identity key certified by the fleet CA signs the evidence.
@@ -181,7 +181,7 @@ pub enum RootOfTrustConfig {
 }
 
 /// Per-request and capacity limits.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest prompt in bytes (UTF-8); larger prompts get `RESOURCE_EXHAUSTED`. Default 65536.
@@ -212,6 +212,50 @@ impl Default for LimitsConfig {
             queue_depth: 64,
             max_concurrent: 2,
             max_batch: 1,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// A config with every optional setting at its default.
+    pub fn new(
+        models: Vec<ModelConfig>,
+        log_url: String,
+        log_key: String,
+        release_bundle: PathBuf,
+        root_of_trust: RootOfTrustConfig,
+    ) -> Self {
+        NodeConfig {
+            models,
+            listen: None,
+            log_url,
+            log_key,
+            release_bundle,
+            root_of_trust,
+            tls: false,
+            key_lifetime_secs: default_key_lifetime(),
+            replay_window_secs: default_replay_window(),
+            clock_skew_secs: default_clock_skew(),
+            log_refresh_secs: default_log_refresh(),
+            adapter_cache_bytes: default_adapter_cache(),
+            limits: LimitsConfig::default(),
+        }
+    }
+
+    /// The config as TOML text, which [`NodeConfig::from_toml`] reads back to an equal value.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self)
+            .map_err(|e| invalid("(whole config)", format!("not writable as TOML: {e}")))
+    }
+}
+
+impl ModelConfig {
+    /// Serve the model in `dir` with every adapter under it, in f32.
+    pub fn new(dir: PathBuf) -> Self {
+        ModelConfig {
+            dir,
+            adapters: None,
+            dtype: default_dtype(),
         }
     }
 }
@@ -622,6 +666,40 @@ mod tests {
 
     fn parse(s: &str) -> Result<NodeConfig, ConfigError> {
         NodeConfig::from_toml(s.as_bytes(), Path::new("node.toml"))
+    }
+
+    #[test]
+    fn written_config_reads_back_equal() {
+        let mut c = NodeConfig::new(
+            vec![
+                ModelConfig::new("models/device \"quoted\"".into()),
+                ModelConfig::new("models/server".into()),
+            ],
+            "http://127.0.0.1:1".into(),
+            key(),
+            "release.json".into(),
+            RootOfTrustConfig::Tpm {
+                tcti: "swtpm:host=127.0.0.1,port=2321".into(),
+            },
+        );
+        c.models[1].adapters = Some(vec!["proofread".into()]);
+        c.limits.max_batch = 8;
+        let text = c.to_toml().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}")), c);
+        // Defaults written out are the defaults read in.
+        let d = parse(&base()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.limits, LimitsConfig::default());
+        assert_eq!(
+            d.key_lifetime_secs,
+            NodeConfig::new(
+                vec![],
+                String::new(),
+                String::new(),
+                PathBuf::new(),
+                RootOfTrustConfig::Software
+            )
+            .key_lifetime_secs
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The device config: where the local models are, which gateway to use, the trust policy, and
 //! the routing and timeout settings. JSON, as written by `tandem config init` or by
-//! `tandem-node dev --write-config FILE`:
+//! `tandem-fleet dev --write-config FILE`:
 //!
 //! ```json
 //! {

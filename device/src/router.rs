@@ -121,7 +121,7 @@ pub fn decide(i: &RouteInputs<'_>) -> Result<Decision, String> {
             })
         } else {
             Err(format!(
-                "{reason}, but no gateway and trust policy are configured (pass --config FILE from `tandem-node dev --write-config`, or --gateway and --policy)"
+                "{reason}, but no gateway and trust policy are configured (pass --config FILE from `tandem-fleet dev --write-config`, or --gateway and --policy)"
             ))
         }
     };

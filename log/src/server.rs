@@ -1,4 +1,4 @@
-//! The log over HTTP (`attest log serve`; `tandem-node dev` runs it in-process).
+//! The log over HTTP (`attest log serve`; `tandem-fleet dev` runs it in-process).
 //!
 //! C2SP tlog-tiles read API: `GET /checkpoint`, `GET /tile/<L>/<N>[.p/<W>]`,
 //! `GET /tile/entries/<N>[.p/<W>]`. Write API:

@@ -5,7 +5,7 @@
 //! minus the model time, estimated by the same request run locally with the same model files
 //! on the same machine (the node runs the identical model stack).
 //!
-//! `cargo bench -p tandem-node --bench remote_overhead` (starts `tandem-fleet dev --nodes 2`).
+//! `cargo bench -p tandem-tests --bench remote_overhead` (starts `tandem-fleet dev --nodes 2`).
 //! Prints p50/p99 of local and remote latency and of their difference, per token count.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

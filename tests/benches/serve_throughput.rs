@@ -4,7 +4,7 @@
 //! is what the receipts say), serving the embedded device model (palletized, 4 layers) and then
 //! the embedded server model (f16, 16 layers).
 //!
-//! Run: `cargo bench -p tandem-node --bench serve_throughput --no-run`, then the printed binary
+//! Run: `cargo bench -p tandem-tests --bench serve_throughput --no-run`, then the printed binary
 //! with `--bench` from `node/`. Options: `--model device|server|both` (default both);
 //! `--streams 1,4,16` (the concurrency levels); `--batched-only` (skip the unbatched
 //! configuration); `--no-thread-env` (leave `RAYON_NUM_THREADS` unset, see

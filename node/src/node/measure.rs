@@ -1,13 +1,13 @@
 //! The release measurement a node expects of itself, and the check against its signed release.
 //!
-//! Artifact names (what `tandem-node dev` and release tooling must produce, see
+//! Artifact names (what `tandem-fleet dev` and release tooling must produce, see
 //! [`expected_artifacts`]):
 //!
 //! | kind | name | file |
 //! |---|---|---|
 //! | `node-binary` | file name of the executable (`tandem-node`) | the running executable |
 //! | `node-config` | file name of the config (`node.toml`) | the config bytes the node read |
-//! | `base-model` | `<model>/config.json`, `<model>/<weights>.safetensors`, `<model>/model.safetensors.index.json` | each model directory |
+//! | `base-model` | `<model>/config.json`, `<model>/<weights>.safetensors`, `<model>/model.safetensors.index.json`, and a base adapter's files (`<model>/<base adapter dir>/adapter_config.json`, `…/adapter_model.safetensors`) | each model directory |
 //! | `adapter` | `<model>/adapters/<name>/adapter_config.json`, `<model>/adapters/<name>/adapter_model.safetensors` | each served adapter |
 //! | `tokenizer` | `tokenizer.json` | the one tokenizer every model shares |
 //!

@@ -15,7 +15,7 @@ use tandem_device::{
 /// Where the device config comes from, shared by every client command.
 #[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {
-    /// Device config file (JSON; `tandem config init`, or `tandem-node dev --write-config`).
+    /// Device config file (JSON; `tandem config init`, or `tandem-fleet dev --write-config`).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Gateway URL (overrides the config's).
@@ -324,7 +324,7 @@ pub fn nodes(a: NodesArgs) -> Result<()> {
     let client = a.cfg.client()?;
     let Some(remote) = client.remote() else {
         bail!(
-            "no gateway and trust policy are configured (pass --config FILE from `tandem-node dev --write-config`, or --gateway and --policy)"
+            "no gateway and trust policy are configured (pass --config FILE from `tandem-fleet dev --write-config`, or --gateway and --policy)"
         );
     };
     let pin = client

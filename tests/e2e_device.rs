@@ -343,11 +343,15 @@ async fn device_sdk_against_a_dev_fleet() {
 
     // 5b. Expired keys: a device whose clock is past every node's key expiry refuses them all at
     //     the expiry step and sends nothing.
-    let late = Client::with_clock(
-        cfg.clone(),
-        Arc::new(|| tandem_device::remote::unix_now() + 3 * 24 * 3600),
-    )
-    .unwrap();
+    /// Three days ahead of the system clock.
+    #[derive(Debug)]
+    struct Late;
+    impl tandem_service::Clock for Late {
+        fn now(&self) -> u64 {
+            tandem_service::unix_now() + 3 * 24 * 3600
+        }
+    }
+    let late = Client::with_clock(cfg.clone(), Arc::new(Late)).unwrap();
     let submits = proxy.submits.load(Ordering::SeqCst);
     let e = run(&late, greedy("hello", 4, RouteChoice::Remote))
         .await

@@ -161,7 +161,7 @@ impl Client {
     /// Builds a client: pins the models (hashes their files), checks the policy. Loading the
     /// device model waits for the first local request (or [`Client::load_local`]).
     pub fn new(config: Config) -> Result<Client, Error> {
-        Client::with_clock(config, std::sync::Arc::new(crate::remote::unix_now))
+        Client::with_clock(config, std::sync::Arc::new(tandem_service::SystemClock))
     }
 
     /// [`Client::new`] with the clock the remote path verifies expiry against.

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use tandem_attest::digest::Sha256Digest as FileDigest;
@@ -27,16 +27,11 @@ use crate::checkpoints::CheckpointBook;
 use crate::config::TimeoutConfig;
 use crate::error::RemoteError;
 
-/// The current time in Unix seconds.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use tandem_service::unix_now;
 
-/// The clock the remote path reads (Unix seconds); replaceable for tests and for devices with
-/// a trusted time source.
-pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+/// The clock the remote path reads (Unix seconds): `tandem_service::SystemClock` by default,
+/// replaceable for tests and for devices with a trusted time source.
+pub type Clock = std::sync::Arc<dyn tandem_service::Clock>;
 
 /// One candidate the gateway offered, with its verification report.
 #[derive(Debug, Clone)]
@@ -146,7 +141,7 @@ impl Remote {
     ) -> Remote {
         Remote {
             url,
-            clock: std::sync::Arc::new(unix_now),
+            clock: std::sync::Arc::new(tandem_service::SystemClock),
             tls_ca_pem,
             timeouts,
             candidates,
@@ -234,7 +229,7 @@ impl Remote {
         .map_err(|_| RemoteError::Timeout(self.timeouts.first_chunk(), "waiting for Discover"))?
         .map_err(|s| status("Discover", &s))?
         .into_inner();
-        let now = (self.clock)();
+        let now = self.clock.now();
         // Parse each bundle once: its log entry says which checkpoint it carries (checked by
         // the verifier), its key configs are what the caller seals to.
         let parsed: Vec<_> = resp
@@ -333,7 +328,7 @@ impl Remote {
         if self.discover_ttl.is_zero() {
             return None;
         }
-        let now = (self.clock)();
+        let now = self.clock.now();
         let d = self.discovered.lock().ok()?;
         d.get(key)
             .filter(|c| c.at.elapsed() < self.discover_ttl && now < c.valid_until)
@@ -405,7 +400,7 @@ impl Remote {
             adapter_id: adapter_id.clone(),
             size_bucket: SizeBucket::for_len(body.len()),
         };
-        let (sealed, ctx) = seal_to_verified(&nodes, &routing, (self.clock)(), &body)?;
+        let (sealed, ctx) = seal_to_verified(&nodes, &routing, self.clock.now(), &body)?;
         let mut gw = GatewayClient::new(self.channel().await?);
         let submit = gw.submit(SubmitRequest {
             sealed_request: sealed,

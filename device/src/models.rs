@@ -104,7 +104,7 @@ fn file_digest(path: &Path) -> Result<FileDigest, ConfigError> {
     };
     let f = std::fs::File::open(path).map_err(read)?;
     let (d, _) = tandem_attest::digest::Sha256Digest::of_reader(f, |_| {}).map_err(read)?;
-    Ok(FileDigest(d.0))
+    Ok(d)
 }
 
 impl ModelPin {

@@ -14,36 +14,7 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
-/// A SHA-256 digest, displayed as `sha256:<64 hex>`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Sha256Digest(pub [u8; 32]);
-
-impl fmt::Display for Sha256Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for Sha256Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for Sha256Digest {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let h = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| format!("digest `{s}` does not start with `sha256:`"))?;
-        let bytes = hex::decode(h).map_err(|e| format!("digest `{s}`: {e}"))?;
-        Ok(Sha256Digest(
-            bytes
-                .try_into()
-                .map_err(|_| format!("digest `{s}` is not 32 bytes"))?,
-        ))
-    }
-}
+pub use tandem_digest::Sha256Digest;
 
 macro_rules! digest_type {
     ($name:ident, $what:literal) => {
@@ -60,7 +31,9 @@ macro_rules! digest_type {
         impl FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
-                s.parse().map($name)
+                s.parse()
+                    .map($name)
+                    .map_err(|e: tandem_digest::DigestParseError| e.to_string())
             }
         }
     };

@@ -51,11 +51,7 @@ fn dev_fleet_serves_a_sealed_request_and_stops_cleanly() {
     assert!(Path::new(cfg["models"]["server"].as_str().unwrap()).is_dir());
     let model_digest = tandem_model::model_digest(&device_dir).unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tandem_service::runtime(2).unwrap();
     rt.block_on(async {
         // 3. Discover, and verify every candidate with the policy from the device config.
         let mut gw = dev.gateway().await;

@@ -11,11 +11,7 @@ use tandem_tests::fleet::{DevRun, candidates, kill9, read_answer, seal};
 #[test]
 fn killed_nodes_fail_over_before_the_first_message_and_error_after_it() {
     let dev = DevRun::start(2);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tandem_service::runtime(2).unwrap();
     rt.block_on(async {
         let mut gw = dev.gateway().await;
         let server = dev.model_dir("server");

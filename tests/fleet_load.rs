@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use tandem_attest::verify::VerifyContext;
 use tandem_proto::v1::gateway_client::GatewayClient;
 use tandem_proto::v1::node_client::NodeClient;
 use tandem_proto::v1::{self, response_event, submit_reply};
@@ -223,10 +222,8 @@ fn fleet_load() {
     let max_tokens = env_usize("TANDEM_LOAD_TOKENS", 16) as u32;
     let run = DevRun::start(2);
     let nodes = run.nodes.clone();
-    let cfg = &run.config;
     let verifier = run.verifier();
     let device_dir = run.model_dir("device");
-    let required = tandem_tests::fleet::required(&device_dir);
     let model_digest = tandem_model::model_digest(&device_dir).unwrap();
     let body = v1::InferenceRequest {
         model_digest: model_digest.0.0.to_vec(),
@@ -239,44 +236,15 @@ fn fleet_load() {
     }
     .encode_to_vec();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tandem_service::runtime(2).unwrap();
     rt.block_on(async {
-        let ch = tonic::transport::Endpoint::from_shared(cfg["gateway"].as_str().unwrap().to_owned())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut gw = GatewayClient::new(ch);
-        let cands = gw
-            .discover(v1::DiscoverRequest {
-                model_id: model_digest.to_string(),
-                adapter_id: String::new(),
-                count: 3,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .candidates;
-        let cx = VerifyContext {
-            now: now(),
-            known: None,
-            required_digests: &required,
-            nonce: None,
-        };
-        let mut handles = Vec::new();
-        let mut configs = Vec::new();
-        for c in &cands {
-            let v = verifier
-                .verify_node(&c.attestation.as_ref().unwrap().document, &cx)
-                .into_result()
-                .unwrap();
-            handles.push(c.node_handle.clone());
-            configs.push(v.key_configs().entries()[0].clone());
-        }
+        let gw = run.gateway().await;
+        let cands = tandem_tests::fleet::candidates(&mut gw.clone(), &verifier, &device_dir).await;
+        let handles: Vec<String> = cands.iter().map(|(h, _, _)| h.clone()).collect();
+        let configs: Vec<_> = cands
+            .iter()
+            .map(|(_, v, _)| v.key_configs().entries()[0].clone())
+            .collect();
         let job = Job {
             model_id: model_digest.to_string(),
             body,
@@ -336,7 +304,7 @@ fn fleet_load() {
                 .document;
             let i = cands
                 .iter()
-                .position(|c| c.attestation.as_ref().unwrap().document == kc)
+                .position(|(_, _, doc)| *doc == kc)
                 .unwrap();
             (i, Job { configs: vec![job.configs[i].clone()], ..job.clone() })
         };

@@ -485,11 +485,7 @@ async fn read_stream(
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tandem_service::runtime(2).unwrap()
 }
 
 #[test]

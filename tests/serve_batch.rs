@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tandem_node::node::{Node, SystemClock};
+use tandem_node::node::SystemClock;
 use tandem_tests::node::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,17 +18,7 @@ async fn batched_requests_match_single_sequence_greedy() {
         true,
     )
     .await;
-    let node = Node::start(
-        f.resolved(),
-        &f.config_bytes,
-        &binary,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
-    let listener = node.bind().await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(node.serve(listener, std::future::pending()));
+    let addr = f.serve_in_process(&binary, Arc::new(SystemClock)).await;
     let mut c = connect(addr).await;
     let d = digests();
     let truecase = tandem_model::adapter_digest(&device_model().join("adapters/truecase"))

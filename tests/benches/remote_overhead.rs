@@ -40,11 +40,7 @@ fn main() {
     let mut every = fleet.config.clone();
     every.routing.discover_cache_ms = 0;
     let uncached = Client::new(every).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tandem_service::runtime(2).unwrap();
     println!("remote overhead, {iters} iterations per row (interleaved local/remote)");
     println!(
         "| new tokens | Discover | local p50 | remote p50 | overhead p50 | local p99 | remote p99 | overhead p99 |"

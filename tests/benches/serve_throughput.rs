@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tandem_node::node::{Node, SystemClock};
+use tandem_node::node::SystemClock;
 use tandem_tests::node::*;
 
 const NEW_TOKENS: u32 = 32;
@@ -29,11 +29,7 @@ fn main() {
             tandem_model::default_thread_count()
         };
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tandem_service::runtime(2).unwrap();
     rt.block_on(run());
 }
 
@@ -94,17 +90,7 @@ async fn run_config(model: &str, config: &str, mode: &str, levels: &[usize]) {
         &dir,
     )
     .await;
-    let node = Node::start(
-        f.resolved(),
-        &f.config_bytes,
-        &binary,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
-    let listener = node.bind().await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(node.serve(listener, std::future::pending()));
+    let addr = f.serve_in_process(&binary, Arc::new(SystemClock)).await;
     let mut c = connect(addr).await;
     let digest = tandem_model::model_digest(&dir).unwrap().0.0;
     let configs = key_configs(&mut c).await;

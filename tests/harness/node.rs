@@ -230,6 +230,23 @@ impl Fleet {
 }
 
 impl Fleet {
+    /// Starts the node in this process (measuring `binary`, reading `clock`) on a loopback
+    /// port and serves it until the test's runtime ends; returns its address.
+    pub async fn serve_in_process(
+        &self,
+        binary: &Path,
+        clock: Arc<dyn tandem_node::node::Clock>,
+    ) -> SocketAddr {
+        let node =
+            tandem_node::node::Node::start(self.resolved(), &self.config_bytes, binary, clock)
+                .await
+                .unwrap();
+        let listener = node.bind().await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(node.serve(listener, std::future::pending()));
+        addr
+    }
+
     /// The resolved config (listen on an ephemeral loopback port).
     pub fn resolved(&self) -> ResolvedConfig {
         let cfg = NodeConfig::from_toml(&self.config_bytes, &self.config_path).unwrap();

@@ -144,11 +144,7 @@ fn run_writers(
     per_request: u64,
     http2: bool,
 ) -> (std::time::Duration, u64) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tandem_service::runtime(1).unwrap();
     rt.block_on(async {
         let mut builder = reqwest::Client::builder().pool_max_idle_per_host(writers as usize);
         if http2 {

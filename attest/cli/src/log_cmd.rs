@@ -205,11 +205,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    tandem_service::runtime(2).context("starting the async runtime")
 }
 
 /// The server's runtime: `threads` async workers for HTTP, by default one less than the CPUs
@@ -217,11 +213,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = threads.unwrap_or(cpus.saturating_sub(1)).max(1);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    tandem_service::runtime(threads).context("starting the async runtime")
 }
 
 fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {

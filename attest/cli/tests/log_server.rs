@@ -182,11 +182,7 @@ async fn add_batch(url: &str, log: &NoteVerifier, entries: &[Vec<u8>]) -> Vec<In
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tandem_service::runtime(2).unwrap()
 }
 
 #[test]

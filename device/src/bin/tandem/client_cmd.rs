@@ -141,11 +141,7 @@ pub enum ConfigCmd {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    tandem_service::runtime(2).context("starting the async runtime")
 }
 
 fn spinner(msg: &str) -> indicatif::ProgressBar {

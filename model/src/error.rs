@@ -20,9 +20,6 @@ pub enum Error {
     /// The tensor backend failed while computing.
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),
-    /// Training (base model or adapter) failed; see [`crate::train::TrainError`].
-    #[error(transparent)]
-    Train(#[from] crate::train::TrainError),
     /// Tokenizing or detokenizing failed.
     #[error("tokenizer failed: {0}")]
     Tokenize(String),
@@ -137,7 +134,7 @@ pub enum LoadError {
     /// outside {2, 4, 8}, index or table sizes that do not match the declared shape, a group
     /// size that does not divide the rows, non-finite table entries, or stray tensors.
     #[error(
-        "{path}: malformed palletized weights: {reason}; was the file written by `tandem model palletize`?"
+        "{path}: malformed palletized weights: {reason}; was the file written by `tandem-lab palletize`?"
     )]
     Pallet {
         /// The file.
@@ -259,6 +256,9 @@ pub enum UsageError {
     /// Palletization was asked for with parameters it cannot honour (bits, group size, target).
     #[error("palletization: {0}")]
     Pallet(String),
+    /// A task name that is not one of [`crate::tasks::Task::ALL`].
+    #[error("unknown task `{0}`; known tasks: proofread, truecase")]
+    UnknownTask(String),
     /// A compute dtype other than F32/F16/BF16 was asked for.
     #[error("unsupported compute dtype {0:?}; use f32 or f16")]
     ComputeDtype(candle_core::DType),

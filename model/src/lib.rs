@@ -18,7 +18,7 @@
 //! The adapter is an argument of each call, so one `Model` serves requests with different
 //! adapters (or none) concurrently; `Model::merge_adapter` makes a merged copy for speed.
 //!
-//! # Training API (for `tandem model train`)
+//! # Training API (for the `tandem-lab` crate: `tandem-lab train`, `train-adapter`)
 //!
 //! * Build trainable weights: `let vm = VarMap::new(); let vb = VarBuilder::from_varmap(&vm,
 //!   DType::F32, &dev); let model = Model::new(&cfg, vb)?;` — names follow transformers
@@ -49,8 +49,9 @@ pub mod lora;
 pub mod pallet;
 pub mod sampling;
 pub mod tasks;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod tokenizer;
-pub mod train;
 pub mod weights;
 
 pub use adapter_cache::{AdapterCache, CacheStats};
@@ -66,7 +67,7 @@ pub use loader::{
     load_model, model_digest, model_files,
 };
 pub use lora::{Adapter, AdapterConfig, Target};
-pub use pallet::{Bits, PalletFile, PalletMatrix, PalletPlan};
+pub use pallet::{Bits, PalletFile, PalletMatrix};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
@@ -76,7 +77,7 @@ pub use tokenizer::{StreamDecoder, Tokenizer};
 /// parses `/proc/cpuinfo` each time (about a third of a node's time under batched load, see
 /// `BENCHMARKS.md`, "tandem-node serve"). With it set the look-up is one environment read. The
 /// value is what rayon uses anyway when the variable is unset, so nothing else changes. The
-/// `tandem` and `tandem-node` binaries call this first thing; an app embedding the model stack
+/// `tandem`, `tandem-lab` and `tandem-node` binaries call this first thing; an app embedding the model stack
 /// should set the variable itself or call this.
 ///
 /// # Safety

@@ -1,6 +1,6 @@
 //! Every bad model or adapter file gives its own error, never a panic.
 
-mod common;
+use tandem_model::test_util as common;
 
 use std::path::Path;
 

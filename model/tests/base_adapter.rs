@@ -3,8 +3,8 @@
 //! digest, applied whenever no task adapter is, replaced by a task adapter, and refused with the
 //! field named when it is missing or its name is a path.
 
-mod common;
 use common::write_tokenizer;
+use tandem_model::test_util as common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! Fidelity against transformers + PEFT (reference logits and greedy continuations made by
 //! `scripts/make_fixtures.py`), and the cache / batching / adapter invariants.
 
-mod common;
+use tandem_model::test_util as common;
 
 use std::ops::ControlFlow;
 

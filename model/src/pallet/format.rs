@@ -27,7 +27,7 @@ use std::path::Path;
 use half::f16;
 use serde::{Deserialize, Serialize};
 
-use super::{Bits, PalletMatrix, plan::OpInfo};
+use super::{Bits, PalletMatrix, model::OpInfo};
 use crate::error::LoadError;
 use crate::weights::{self, TensorEntry};
 
@@ -293,11 +293,11 @@ mod tests {
         let mut matrices = BTreeMap::new();
         matrices.insert(
             "a.weight".to_string(),
-            PalletMatrix::quantize(&w1, 8, 5, Bits::B4, 4, None).expect("a"),
+            crate::pallet::test_matrix(&w1, 8, 5, Bits::B4, 4).expect("a"),
         );
         matrices.insert(
             "b.weight".to_string(),
-            PalletMatrix::quantize(&w2, 4, 3, Bits::B2, 2, None).expect("b"),
+            crate::pallet::test_matrix(&w2, 4, 3, Bits::B2, 2).expect("b"),
         );
         let mut dense = BTreeMap::new();
         dense.insert(

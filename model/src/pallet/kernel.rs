@@ -865,7 +865,7 @@ mod tests {
                 let gs = if rows % 4 == 0 { 4 } else { 2 };
                 let wv = rand(si as u64 * 31 + bits.get() as u64, rows * cols);
                 let w = Arc::new(
-                    PalletMatrix::quantize(&wv, rows, cols, bits, gs, None).expect("quantize"),
+                    crate::pallet::test_matrix(&wv, rows, cols, bits, gs).expect("quantize"),
                 );
                 for n in [1usize, 2, 3, 5, 8, 9, 20] {
                     let x = rand(1000 + n as u64, n * cols);
@@ -930,7 +930,7 @@ mod tests {
             for bits in Bits::ALL {
                 let wv = rand(70 + si as u64 + bits.get() as u64, rows * cols);
                 let w = Arc::new(
-                    PalletMatrix::quantize(&wv, rows, cols, bits, 4, None).expect("quantize"),
+                    crate::pallet::test_matrix(&wv, rows, cols, bits, 4).expect("quantize"),
                 );
                 for n in [2usize, 5, 9, 16, 17, DECODE_MAX_ROWS] {
                     let x = rand(500 + n as u64, n * cols);
@@ -961,8 +961,7 @@ mod tests {
     fn f16_input_and_backward() {
         let (rows, cols) = (8, 40);
         let w = Arc::new(
-            PalletMatrix::quantize(&rand(5, rows * cols), rows, cols, Bits::B4, 8, None)
-                .expect("q"),
+            crate::pallet::test_matrix(&rand(5, rows * cols), rows, cols, Bits::B4, 8).expect("q"),
         );
         let x = rand(6, 2 * cols);
         let want = reference(&w, &x, 2);

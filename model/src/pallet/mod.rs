@@ -7,10 +7,13 @@
 //! stored as the `bits`-bit index of its centroid.
 //!
 //! * [`PalletMatrix`]: one checked palletized matrix (packed indices + f16 tables).
-//! * [`kmeans`]: the deterministic 1-D (weighted) k-means quantizer.
 //! * [`kernel`]: the CPU matmul that reads indices and tables directly (decode and prefill).
 //! * [`format`]: the on-disk form (safetensors + metadata), a parser of untrusted bytes.
-//! * [`plan`]: per-operation bit allocation to a target average, and palletizing a [`crate::Model`].
+//! * [`model`]: palletized weights in a [`crate::Model`]: reading them out, swapping in
+//!   quantized matrices, saving the palletized checkpoint.
+//!
+//! Making the tables (the k-means quantizer, per-operation bit allocation, palletizing a model
+//! by a plan) is build-time work and lives in the `tandem-lab` crate (`tandem_lab::pallet`).
 //!
 //! # Packing
 //!
@@ -21,15 +24,12 @@
 
 pub mod format;
 pub mod kernel;
-pub mod kmeans;
-pub mod plan;
+pub mod model;
 
 use half::f16;
 
-use crate::error::UsageError;
-
 pub use format::PalletFile;
-pub use plan::{OpInfo, PalletPlan, allocate_bits, sensitivities};
+pub use model::{OpInfo, dtype_name};
 
 /// Index width of a palletized matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,8 +73,8 @@ impl Bits {
 
 /// A palletized `[rows, cols]` matrix whose sizes have been checked: `group_size` divides
 /// `rows`, the table holds `rows / group_size · 2^bits` finite entries, the indices
-/// `rows · row_bytes` bytes with zero padding bits. Only [`PalletMatrix::new`] (checks) and the
-/// quantizer (correct by construction) make one.
+/// `rows · row_bytes` bytes with zero padding bits. Only [`PalletMatrix::new`] (which checks)
+/// makes one; the quantizer (`tandem_lab::pallet::kmeans`) builds its parts and calls it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PalletMatrix {
     rows: usize,
@@ -268,18 +268,38 @@ impl PalletMatrix {
         }
         out
     }
+}
 
-    /// Quantizes row-major `w` (`[rows, cols]`) with `bits`-bit indices and one table per
-    /// `group_size` rows. `col_weights` (length `cols`, ≥ 0) weights the k-means objective per
-    /// input column (e.g. the calibration mean of `x_j²`); `None` weighs all equally.
-    pub fn quantize(
-        w: &[f32],
-        rows: usize,
-        cols: usize,
-        bits: Bits,
-        group_size: usize,
-        col_weights: Option<&[f32]>,
-    ) -> std::result::Result<Self, UsageError> {
-        kmeans::quantize_matrix(w, rows, cols, bits, group_size, col_weights)
+/// Palletized matrices for the kernel and format tests: per group a table evenly spaced over the
+/// group's range, each weight at its nearest entry (real tables come from the lab's k-means).
+#[cfg(test)]
+pub(crate) fn test_matrix(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    bits: Bits,
+    group_size: usize,
+) -> std::result::Result<PalletMatrix, String> {
+    let (k, b) = (bits.centroids(), bits.get());
+    let row_bytes = (cols * b).div_ceil(8);
+    let mut table = Vec::with_capacity(rows / group_size * k);
+    let mut indices = vec![0u8; rows * row_bytes];
+    for (g, block) in w.chunks_exact(group_size * cols).enumerate() {
+        let lo = block.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let t: Vec<f32> = (0..k)
+            .map(|i| f16::from_f32(lo + (hi - lo) * i as f32 / (k - 1) as f32).to_f32())
+            .collect();
+        for (r, row) in block.chunks_exact(cols).enumerate() {
+            let out = &mut indices[(g * group_size + r) * row_bytes..][..row_bytes];
+            for (j, &v) in row.iter().enumerate() {
+                let q = (0..k)
+                    .min_by(|&x, &y| (t[x] - v).abs().total_cmp(&(t[y] - v).abs()))
+                    .unwrap_or(0) as u8;
+                out[j * b / 8] |= q << (j * b % 8);
+            }
+        }
+        table.extend(t.iter().map(|&x| f16::from_f32(x)));
     }
+    PalletMatrix::new(rows, cols, bits, group_size, table, indices)
 }

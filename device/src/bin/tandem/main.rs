@@ -1,44 +1,12 @@
 //! `tandem`: the device-side command line.
 //!
-//! Each group of `tandem model …` subcommands lives in its own module file with a `Cmd` enum
-//! (clap `Subcommand`) and `fn run(self) -> anyhow::Result<()>`. Adding a group is two lines:
-//! `mod NAME_cmd;` below, and `NAME_cmd::Cmd => Variant,` in `model_subcommands!`.
+//! App-user commands only: building, compressing and evaluating models is `tandem-lab`'s
+//! (the `tandem-lab` crate).
 
 use clap::{Parser, Subcommand};
 
 mod client_cmd;
-mod eval_cmd;
 mod model_cmd;
-mod pallet_cmd;
-mod train_cmd;
-
-/// Generates the `tandem model` subcommand enum from the module list, and its dispatch.
-macro_rules! model_subcommands {
-    ($($module:ident :: Cmd => $variant:ident),* $(,)?) => {
-        /// Run, inspect, evaluate and train local models.
-        #[derive(Debug, Subcommand)]
-        enum ModelCommand {
-            $(
-                #[command(flatten)]
-                $variant($module::Cmd),
-            )*
-        }
-
-        impl ModelCommand {
-            fn run(self) -> anyhow::Result<()> {
-                match self {
-                    $(ModelCommand::$variant(c) => c.run(),)*
-                }
-            }
-        }
-    };
-}
-
-model_subcommands! {
-    model_cmd::Cmd => Inference,
-    train_cmd::Cmd => Training,
-    pallet_cmd::Cmd => Palletization,
-}
 
 /// Tandem: private split inference.
 #[derive(Debug, Parser)]
@@ -59,12 +27,9 @@ enum Command {
     /// Device config files.
     #[command(subcommand)]
     Config(client_cmd::ConfigCmd),
-    /// Local model commands (perplexity, generate, inspect, train, …).
+    /// Local model commands (generate, inspect).
     #[command(subcommand)]
-    Model(ModelCommand),
-    /// Evaluation: held-out perplexity, task adapters.
-    #[command(subcommand)]
-    Eval(eval_cmd::EvalCmd),
+    Model(model_cmd::Cmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +44,5 @@ fn main() -> anyhow::Result<()> {
         Command::Nodes(a) => client_cmd::nodes(a),
         Command::Config(c) => client_cmd::config(c),
         Command::Model(c) => c.run(),
-        Command::Eval(c) => eval_cmd::run(&c),
     }
 }

@@ -96,9 +96,9 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor, mask: Option<&Tensor>) -> Resu
 /// Mean next-token loss (nats per token) of `model` over `windows` (each `seq_len + 1`
 /// tokens, all the same length), computed in batches of 8. Perplexity is `exp` of this.
 pub fn eval_loss(
-    model: &crate::Model,
+    model: &tandem_model::Model,
     windows: &[&[u32]],
-    adapter: Option<&crate::Adapter>,
+    adapter: Option<&tandem_model::Adapter>,
 ) -> Result<f64> {
     let mut total = 0.0;
     let mut count = 0usize;

@@ -2,7 +2,7 @@
 //! with the number of rows `n` (sequences decoded together), on each path, in one run.
 //!
 //! ```sh
-//! cargo bench -p tandem-model --bench pallet_batch --no-run   # build, then run the printed binary:
+//! cargo bench -p tandem-lab --bench pallet_batch --no-run   # build, then run the printed binary:
 //! target/release/deps/pallet_batch-<hash> [--threads 1] [--ms 300]
 //! ```
 //! Paths, per shape, bit width and `n`:
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use tandem_model::pallet::{Bits, PalletMatrix, kernel};
+use tandem_model::pallet::{Bits, kernel};
 
 fn rand(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed | 1;
@@ -85,7 +85,7 @@ fn main() {
         for (si, &(rows, cols)) in shapes.iter().enumerate() {
             for bits in [Bits::B4, Bits::B2] {
                 let w = Arc::new(
-                    PalletMatrix::quantize(
+                    tandem_lab::pallet::quantize_matrix(
                         &rand(si as u64 + 1, rows * cols),
                         rows,
                         cols,

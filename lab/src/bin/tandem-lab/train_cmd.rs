@@ -1,4 +1,4 @@
-//! `tandem model train-tokenizer | train | train-adapter`: training the embedded models.
+//! `tandem-lab train-tokenizer | train | train-adapter`: training the embedded models.
 //!
 //! The loop, optimizer, schedule, checkpoints and task data live in `tandem_model::train` and
 //! `tandem_model::tasks`; this file parses flags, reads and writes the files, and shows progress.
@@ -11,18 +11,18 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tandem_model::train::checkpoint;
-use tandem_model::train::data::{TokenStream, split_documents};
-use tandem_model::train::grow::grow_depth;
-use tandem_model::train::optim::AdamWParams;
-use tandem_model::train::schedule::CosineSchedule;
-use tandem_model::train::tokenizer::{EOT, train_bpe};
-use tandem_model::train::trainer::{
+use tandem_lab::train::checkpoint;
+use tandem_lab::train::data::{TokenStream, split_documents};
+use tandem_lab::train::grow::grow_depth;
+use tandem_lab::train::optim::AdamWParams;
+use tandem_lab::train::schedule::CosineSchedule;
+use tandem_lab::train::tokenizer::{EOT, train_bpe};
+use tandem_lab::train::trainer::{
     StepStats, TrainConfig, Trainer, eval_loss, init_deterministic, lm_loss,
 };
 use tandem_model::{Config, DType, Device, Model, Tokenizer, VarBuilder, VarMap};
 
-/// The training subcommands of `tandem model`.
+/// The training subcommands of `tandem-lab`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Cmd {
     /// Train a byte-level BPE tokenizer on a corpus.
@@ -43,7 +43,7 @@ impl Cmd {
     }
 }
 
-/// `tandem model train-tokenizer`
+/// `tandem-lab train-tokenizer`
 #[derive(Debug, Args)]
 pub struct TrainTokenizerArgs {
     /// Corpus text (documents separated by `<|endoftext|>` lines).
@@ -57,7 +57,7 @@ pub struct TrainTokenizerArgs {
     pub out: PathBuf,
 }
 
-/// `tandem model train`
+/// `tandem-lab train`
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// `device`, `server`, or a path to a `config.json` (Hugging Face Llama layout).
@@ -104,7 +104,7 @@ pub struct TrainArgs {
     pub eval_data: Option<PathBuf>,
     /// Initialise from a trained model directory of the same width; a shallower model is grown
     /// to this config's depth with function-preserving identity blocks (see
-    /// `tandem_model::train::grow`).
+    /// `tandem_lab::train::grow`).
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// Dtype of the exported weights in OUT/model (`f32` or `f16`).
@@ -430,7 +430,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// `tandem model train-adapter`
+/// `tandem-lab train-adapter`
 #[derive(Debug, Args)]
 pub struct TrainAdapterArgs {
     /// Base model directory (Hugging Face layout); its weights stay frozen.
@@ -481,7 +481,7 @@ pub struct TrainAdapterArgs {
 }
 
 pub fn train_adapter(a: &TrainAdapterArgs) -> Result<()> {
-    use tandem_model::tasks::{
+    use tandem_lab::tasks::{
         Task, TaskBatcher, TokenizedExample, answer, extract_sentences, make_examples, prompt,
     };
     use tandem_model::{Adapter, AdapterConfig, Target};

@@ -8,25 +8,12 @@
 //! greedy answer to the knapsack "save ≥ N bits at least total sensitivity".
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 
-use candle_core::DType;
-use serde::{Deserialize, Serialize};
+use tandem_model::pallet::Bits;
+use tandem_model::{Model, UsageError};
 
-use super::format::{DenseTensor, PalletFile};
-use super::{Bits, PalletMatrix};
-use crate::error::{Result, UsageError};
-use crate::llama::{Model, Weight};
-
-/// Per-operation information kept in a palletized file (shown by `palletize-report`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpInfo {
-    /// Calibration loss increase (nats/token) with only this operation at 2 bits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sensitivity: Option<f64>,
-}
+use super::kmeans::quantize_matrix;
+use crate::Result;
 
 /// Bits per palletized operation (checkpoint weight name → width) and the group size.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,34 +125,20 @@ pub fn sensitivities(
     Ok((base, out))
 }
 
-impl Model {
-    /// The weights that can be palletized (every projection, the embedding and an untied
-    /// output head), with `[rows, cols]`.
-    pub fn palletizable_ops(&self) -> Vec<(String, [usize; 2])> {
-        self.weights()
-            .into_iter()
-            .filter_map(|(n, w)| {
-                let (r, c) = w.dims();
-                (c > 1).then_some((n, [r, c]))
-            })
-            .collect()
-    }
-
-    /// Palletized weights of this model by name.
-    pub fn pallet_matrices(&self) -> BTreeMap<String, Arc<PalletMatrix>> {
-        self.weights()
-            .into_iter()
-            .filter_map(|(n, w)| match w {
-                Weight::Pallet(p) => Some((n, p.clone())),
-                Weight::Dense(_) => None,
-            })
-            .collect()
-    }
-
+/// Palletizing a [`Model`] by a [`PalletPlan`] (an extension of the runtime's `Model`).
+pub trait Palletize {
     /// A copy with the operations of `plan` palletized (from their current values, which are
     /// dequantized first if already palletized); others are shared unchanged. `col_weights`
     /// optionally gives per-input-column k-means weights by operation name.
-    pub fn palletize(
+    fn palletize(
+        &self,
+        plan: &PalletPlan,
+        col_weights: &BTreeMap<String, Vec<f32>>,
+    ) -> Result<Model>;
+}
+
+impl Palletize for Model {
+    fn palletize(
         &self,
         plan: &PalletPlan,
         col_weights: &BTreeMap<String, Vec<f32>>,
@@ -177,81 +150,22 @@ impl Model {
             ))
             .into());
         }
-        let mut out = self.clone();
-        for (name, w) in out.weights_mut() {
-            let Some(&bits) = plan.bits.get(&name) else {
-                continue;
-            };
-            let (rows, cols) = w.dims();
-            let values = w.to_f32_vec()?;
-            let m = PalletMatrix::quantize(
+        let mut matrices = BTreeMap::new();
+        for (name, &bits) in &plan.bits {
+            let [rows, cols] = ops[name];
+            let values = self.weight_values(name)?;
+            let m = quantize_matrix(
                 &values,
                 rows,
                 cols,
                 bits,
                 plan.group_size,
-                col_weights.get(&name).map(Vec::as_slice),
+                col_weights.get(name).map(Vec::as_slice),
             )
             .map_err(|e| UsageError::Pallet(format!("`{name}`: {e}")))?;
-            *w = Weight::Pallet(Arc::new(m));
+            matrices.insert(name.clone(), m);
         }
-        Ok(out)
-    }
-
-    /// The palletized checkpoint of this model: palletized weights as tables + indices, the
-    /// rest dense in the compute dtype.
-    pub fn to_pallet_file(&self, ops: BTreeMap<String, super::OpInfo>) -> Result<PalletFile> {
-        let mut matrices = BTreeMap::new();
-        let mut dense = BTreeMap::new();
-        for (name, t) in self.named_weights() {
-            match t {
-                Weight::Pallet(p) => {
-                    matrices.insert(name, (*p).clone());
-                }
-                Weight::Dense(t) => {
-                    dense.insert(name.clone(), dense_tensor(&name, &t)?);
-                }
-            }
-        }
-        Ok(PalletFile {
-            matrices,
-            dense,
-            ops,
-        })
-    }
-
-    /// Writes `config.json` and a palletized `model.safetensors` into the existing directory
-    /// `dir` (copy `tokenizer.json` alongside). Loads back with [`crate::load_model`].
-    pub fn save_palletized(&self, dir: &Path, ops: BTreeMap<String, super::OpInfo>) -> Result<()> {
-        let file = self.to_pallet_file(ops)?;
-        crate::loader::write_model_files(self.config(), dir, &file.to_bytes())
-    }
-}
-
-/// Raw bytes of a dense tensor, taken from the crate's safetensors writer so the byte layout
-/// is the one the loader reads.
-fn dense_tensor(name: &str, t: &candle_core::Tensor) -> Result<DenseTensor> {
-    let bytes = crate::weights::to_bytes(&[(name.to_string(), t.clone())])?;
-    let header = crate::weights::parse_header(&bytes, bytes.len() as u64, Path::new(name))?;
-    let e = header
-        .get(name)
-        .ok_or_else(|| UsageError::Pallet(format!("`{name}` was not serialized")))?;
-    Ok(DenseTensor {
-        dtype: e.dtype.clone(),
-        shape: e.shape.clone(),
-        data: bytes
-            .get(e.start as usize..e.end as usize)
-            .unwrap_or_default()
-            .to_vec(),
-    })
-}
-
-/// Dtype tag of a dense tensor's dtype, for reports.
-pub fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-        _ => "f32",
+        Ok(self.with_pallet_matrices(matrices)?)
     }
 }
 

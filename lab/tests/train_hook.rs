@@ -1,8 +1,8 @@
 //! The training API: VarMap-backed construction, differentiable forward, backprop into LoRA
 //! only, and save → load round trips in the HF / PEFT layouts.
 
-mod common;
 use common::write_tokenizer;
+use tandem_model::test_util as common;
 
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};

@@ -1,4 +1,4 @@
-//! `tandem eval perplexity | task | make-examples`: scoring the embedded models and adapters.
+//! `tandem-lab eval perplexity | task | make-examples`: scoring the embedded models and adapters.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -7,19 +7,19 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tandem_model::tasks::{
+use tandem_lab::tasks::{
     Scores, Task, answer, examples_to_jsonl, extract_sentences, grade, make_examples, parse_answer,
     parse_examples, prompt,
 };
-use tandem_model::train::data::TokenStream;
-use tandem_model::train::tokenizer::EOT;
+use tandem_lab::train::data::TokenStream;
+use tandem_lab::train::tokenizer::EOT;
 use tandem_model::{DType, Device, GenerateParams, load_adapter, load_model};
 
-use tandem_model::train::trainer::eval_loss;
+use tandem_lab::train::trainer::eval_loss;
 
 use crate::train_cmd::ensure_threads;
 
-/// `tandem eval …`
+/// `tandem-lab eval …`
 #[derive(Debug, Subcommand)]
 pub enum EvalCmd {
     /// Held-out perplexity of a model (next-token, non-overlapping windows).
@@ -30,7 +30,7 @@ pub enum EvalCmd {
     MakeExamples(MakeExamplesArgs),
 }
 
-/// `tandem eval perplexity`
+/// `tandem-lab eval perplexity`
 #[derive(Debug, Args)]
 pub struct PerplexityArgs {
     /// Model directory.
@@ -56,7 +56,7 @@ pub struct PerplexityArgs {
     pub json: bool,
 }
 
-/// `tandem eval task`
+/// `tandem-lab eval task`
 #[derive(Debug, Args)]
 pub struct TaskArgs {
     /// Model directory.
@@ -68,7 +68,7 @@ pub struct TaskArgs {
     /// Task name (`proofread` or `truecase`); examples of other tasks are refused.
     #[arg(long)]
     pub task: String,
-    /// Examples (JSON Lines from `tandem eval make-examples`).
+    /// Examples (JSON Lines from `tandem-lab eval make-examples`).
     #[arg(long)]
     pub examples: PathBuf,
     /// Score only the first N examples (0 = all).
@@ -85,7 +85,7 @@ pub struct TaskArgs {
     pub json: bool,
 }
 
-/// `tandem eval make-examples`
+/// `tandem-lab eval make-examples`
 #[derive(Debug, Args)]
 pub struct MakeExamplesArgs {
     /// Task name.

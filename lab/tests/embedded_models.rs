@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use tandem_model::train::data::{TokenStream, split_documents};
-use tandem_model::train::trainer::eval_loss;
+use tandem_lab::train::data::{TokenStream, split_documents};
+use tandem_lab::train::trainer::eval_loss;
 use tandem_model::{DType, Device, LoadedModel, load_adapter, load_model};
 
 /// The fast slice: 16 windows of 128 predicted tokens, evenly spread over the held-out text.

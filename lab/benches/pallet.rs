@@ -2,7 +2,7 @@
 //! heads, 1536 intermediate, 49152 vocab, tied), random weights.
 //!
 //! ```sh
-//! cargo bench -p tandem-model --bench pallet --no-run     # build, then run the printed binary:
+//! cargo bench -p tandem-lab --bench pallet --no-run     # build, then run the printed binary:
 //! target/release/deps/pallet-<hash> [--quick] [--threads 1,2] [--repeat N]
 //! ```
 //! The parent writes an f16 checkpoint, palletizes it (3.5 bpw mix and 4-bit only, group size
@@ -12,7 +12,7 @@
 //!
 //! The 3.5 bpw mix uses a fixed stand-in for sensitivity (embedding > attention > MLP, per
 //! weight): random weights have no meaningful perplexity, and speed depends only on which
-//! operations get 2 or 4 bits. `tandem model palletize` measures real sensitivities.
+//! operations get 2 or 4 bits. `tandem-lab palletize` measures real sensitivities.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use tandem_model::pallet::{Bits, PalletPlan, allocate_bits};
+use tandem_lab::pallet::{PalletPlan, Palletize, allocate_bits};
+use tandem_model::pallet::Bits;
 use tandem_model::{Cache, Config, load_model};
 
 const CONFIG: &str = r#"{"model_type":"llama","vocab_size":49152,"hidden_size":576,

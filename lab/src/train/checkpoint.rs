@@ -39,9 +39,12 @@ pub struct TrainerState {
 }
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Write {
-        path: path.to_owned(),
-        source,
+    move |source| {
+        tandem_model::Error::Write {
+            path: path.to_owned(),
+            source,
+        }
+        .into()
     }
 }
 
@@ -141,9 +144,9 @@ pub fn load(dir: &Path, trainer: &mut Trainer) -> Result<Value> {
 
 /// Writes a model in the Hugging Face layout (`config.json`, `model.safetensors`,
 /// `tokenizer.json`) with weights converted to `dtype`, so it loads with
-/// [`crate::load_model`] and any tool that reads that layout.
+/// [`tandem_model::load_model`] and any tool that reads that layout.
 pub fn export_pretrained(
-    model: &crate::Model,
+    model: &tandem_model::Model,
     tokenizer_json: &[u8],
     dtype: candle_core::DType,
     dir: &Path,
@@ -166,7 +169,10 @@ pub fn export_pretrained(
             "config.json",
             serde_json::to_vec_pretty(&config).map_err(|e| ckpt_err(e.to_string()))?,
         ),
-        ("model.safetensors", crate::weights::to_bytes(&tensors)?),
+        (
+            "model.safetensors",
+            tandem_model::weights::to_bytes(&tensors)?,
+        ),
         ("tokenizer.json", tokenizer_json.to_vec()),
     ];
     for (f, bytes) in files {

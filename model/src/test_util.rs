@@ -1,24 +1,26 @@
-//! Shared helpers for the integration tests (fixtures made by `scripts/make_fixtures.py`).
-#![allow(dead_code)]
+//! Shared helpers for the integration tests of `tandem-model` and `tandem-lab` (fixtures made
+//! by `scripts/make_fixtures.py`), behind the `test-util` feature. Test code: the helpers panic
+//! when a fixture is missing.
 
 use std::path::{Path, PathBuf};
 
+use crate::{LoadedAdapter, LoadedModel, load_adapter, load_model};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
-use tandem_model::{LoadedAdapter, LoadedModel, load_adapter, load_model};
 
+/// The committed fixtures directory, `model/tests/fixtures`.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct Reference {
     pub prompts: Vec<String>,
     pub encodings: Vec<Vec<u32>>,
     pub cases: Vec<Case>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct Case {
     pub model: String,
     pub adapter: Option<String>,
@@ -34,7 +36,7 @@ pub fn reference() -> Reference {
 
 pub fn reference_logits(key: &str) -> Tensor {
     let bytes = std::fs::read(fixtures().join("reference.safetensors")).expect("reference");
-    let mut all = tandem_model::weights::load_from_bytes(
+    let mut all = crate::weights::load_from_bytes(
         &bytes,
         Path::new("reference.safetensors"),
         DType::F32,

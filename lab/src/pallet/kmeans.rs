@@ -9,8 +9,8 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::{Bits, PalletMatrix};
-use crate::error::UsageError;
+use tandem_model::UsageError;
+use tandem_model::pallet::{Bits, PalletMatrix};
 
 /// Lloyd iterations at most (1-D k-means converges in a handful on weight distributions).
 const MAX_ITERS: usize = 40;
@@ -97,8 +97,10 @@ fn nearest(table: &[f32], v: f32) -> usize {
     best
 }
 
-/// See [`PalletMatrix::quantize`].
-pub(crate) fn quantize_matrix(
+/// Quantizes row-major `w` (`[rows, cols]`) with `bits`-bit indices and one table per
+/// `group_size` rows. `col_weights` (length `cols`, ≥ 0) weights the k-means objective per
+/// input column (e.g. the calibration mean of `x_j²`); `None` weighs all equally.
+pub fn quantize_matrix(
     w: &[f32],
     rows: usize,
     cols: usize,
@@ -207,7 +209,7 @@ mod tests {
         // Values drawn from 4 points are reproduced exactly at 2 bits.
         let pts = [-0.5f32, -0.125, 0.25, 0.75];
         let w: Vec<f32> = (0..64).map(|i| pts[(i * 7 + i / 5) % 4]).collect();
-        let m = PalletMatrix::quantize(&w, 4, 16, Bits::B2, 4, None).expect("quantize");
+        let m = quantize_matrix(&w, 4, 16, Bits::B2, 4, None).expect("quantize");
         assert_eq!(m.dequantize(), w);
     }
 
@@ -215,14 +217,14 @@ mod tests {
     fn more_bits_less_error_and_deterministic() {
         let w = lcg(3, 32 * 40);
         let e = |b| {
-            let m = PalletMatrix::quantize(&w, 32, 40, b, 8, None).expect("q");
+            let m = quantize_matrix(&w, 32, 40, b, 8, None).expect("q");
             weighted_sse(&m, &w, None)
         };
         let (e2, e4, e8) = (e(Bits::B2), e(Bits::B4), e(Bits::B8));
         assert!(e4 < e2 / 4.0, "{e2} {e4}");
         assert!(e8 < e4 / 4.0, "{e4} {e8}");
-        let a = PalletMatrix::quantize(&w, 32, 40, Bits::B4, 8, None).expect("q");
-        let b = PalletMatrix::quantize(&w, 32, 40, Bits::B4, 8, None).expect("q");
+        let a = quantize_matrix(&w, 32, 40, Bits::B4, 8, None).expect("q");
+        let b = quantize_matrix(&w, 32, 40, Bits::B4, 8, None).expect("q");
         assert_eq!(a, b);
     }
 
@@ -230,20 +232,20 @@ mod tests {
     fn column_weights_lower_the_weighted_error() {
         let w = lcg(9, 16 * 24);
         let cw: Vec<f32> = (0..24).map(|j| if j < 4 { 100.0 } else { 0.01 }).collect();
-        let plain = PalletMatrix::quantize(&w, 16, 24, Bits::B2, 16, None).expect("q");
-        let weighted = PalletMatrix::quantize(&w, 16, 24, Bits::B2, 16, Some(&cw)).expect("q");
+        let plain = quantize_matrix(&w, 16, 24, Bits::B2, 16, None).expect("q");
+        let weighted = quantize_matrix(&w, 16, 24, Bits::B2, 16, Some(&cw)).expect("q");
         assert!(weighted_sse(&weighted, &w, Some(&cw)) < weighted_sse(&plain, &w, Some(&cw)));
     }
 
     #[test]
     fn bad_arguments_are_errors() {
         let w = lcg(1, 12);
-        assert!(PalletMatrix::quantize(&w, 3, 4, Bits::B2, 2, None).is_err());
-        assert!(PalletMatrix::quantize(&w, 3, 4, Bits::B2, 0, None).is_err());
-        assert!(PalletMatrix::quantize(&w, 4, 4, Bits::B2, 1, None).is_err());
-        assert!(PalletMatrix::quantize(&w, 3, 4, Bits::B2, 3, Some(&[1.0])).is_err());
+        assert!(quantize_matrix(&w, 3, 4, Bits::B2, 2, None).is_err());
+        assert!(quantize_matrix(&w, 3, 4, Bits::B2, 0, None).is_err());
+        assert!(quantize_matrix(&w, 4, 4, Bits::B2, 1, None).is_err());
+        assert!(quantize_matrix(&w, 3, 4, Bits::B2, 3, Some(&[1.0])).is_err());
         let mut nan = w.clone();
         nan[2] = f32::NAN;
-        assert!(PalletMatrix::quantize(&nan, 3, 4, Bits::B2, 3, None).is_err());
+        assert!(quantize_matrix(&nan, 3, 4, Bits::B2, 3, None).is_err());
     }
 }

@@ -1,13 +1,14 @@
 //! Palletized checkpoints end to end on the tiny `tied_gqa` fixture: palletize, save, load
 //! through `load_model`, and compare with the dequantized dense model.
 
-mod common;
+use tandem_model::test_util as common;
 
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use tandem_model::pallet::{Bits, OpInfo, PalletPlan, allocate_bits};
+use tandem_lab::pallet::{PalletPlan, Palletize, allocate_bits};
+use tandem_model::pallet::{Bits, OpInfo};
 use tandem_model::{Cache, Error, LoadError, Model, load_model};
 
 const GROUP: usize = 4; // divides every row count of the fixture (vocab 300).

@@ -1,7 +1,7 @@
-//! `tandem model palletize | palletize-report`: mixed 2/4-bit palletized weights (issue 5).
+//! `tandem-lab palletize | palletize-report`: mixed 2/4-bit palletized weights (issue 5).
 //!
 //! The quantizer, the bit allocation and the sensitivity measurement live in
-//! `tandem_model::pallet`; this file reads and writes the files, shows progress and times the
+//! `tandem_lab::pallet` (the file format and kernels in `tandem_model::pallet`); this file reads and writes the files, shows progress and times the
 //! kernels for the report.
 
 use std::collections::BTreeMap;
@@ -12,15 +12,14 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tandem_model::pallet::{
-    Bits, OpInfo, PalletFile, PalletPlan, allocate_bits, kernel, sensitivities,
-};
-use tandem_model::train::trainer::eval_loss;
+use tandem_lab::pallet::{PalletPlan, Palletize, allocate_bits, sensitivities};
+use tandem_lab::train::trainer::eval_loss;
+use tandem_model::pallet::{Bits, OpInfo, PalletFile, kernel};
 use tandem_model::{DType, Device, Tensor, load_model};
 
 use crate::train_cmd::{ensure_threads, load_tokens};
 
-/// The palletization subcommands of `tandem model`.
+/// The palletization subcommands of `tandem-lab`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Cmd {
     /// Palletize a model: per-operation 2- or 4-bit lookup tables chosen by measured
@@ -45,7 +44,7 @@ impl Cmd {
     }
 }
 
-/// `tandem model palletize`
+/// `tandem-lab palletize`
 #[derive(Debug, Args)]
 pub struct PalletizeArgs {
     /// Model directory (dense weights).
@@ -78,7 +77,7 @@ pub struct PalletizeArgs {
     pub json: bool,
 }
 
-/// `tandem model palletize-report`
+/// `tandem-lab palletize-report`
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// Palletized model directory.
@@ -91,7 +90,7 @@ pub struct ReportArgs {
     pub json: bool,
 }
 
-/// `tandem model palletize-recover`
+/// `tandem-lab palletize-recover`
 #[derive(Debug, Args)]
 pub struct RecoverArgs {
     /// Palletized model directory (its weights stay frozen).
@@ -146,9 +145,9 @@ pub struct RecoverArgs {
 const RECOVERY_DIR: &str = "recovery";
 
 fn recover(a: &RecoverArgs) -> Result<()> {
-    use tandem_model::train::optim::AdamWParams;
-    use tandem_model::train::schedule::CosineSchedule;
-    use tandem_model::train::trainer::{TrainConfig, Trainer, init_deterministic, lm_loss};
+    use tandem_lab::train::optim::AdamWParams;
+    use tandem_lab::train::schedule::CosineSchedule;
+    use tandem_lab::train::trainer::{TrainConfig, Trainer, init_deterministic, lm_loss};
     use tandem_model::{Adapter, AdapterConfig, Target, VarBuilder, VarMap};
     ensure_threads(a.threads)?;
     let dev = Device::Cpu;
@@ -156,7 +155,7 @@ fn recover(a: &RecoverArgs) -> Result<()> {
         .with_context(|| format!("loading model {}", a.model.display()))?;
     if !base.stored_dtypes.iter().any(|d| d.starts_with("PALLET")) {
         bail!(
-            "{} is not palletized; run `tandem model palletize` first",
+            "{} is not palletized; run `tandem-lab palletize` first",
             a.model.display()
         );
     }

@@ -60,7 +60,7 @@ pub fn grow_depth(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Config, DType, Device, Model, VarBuilder, VarMap};
+    use tandem_model::{Config, DType, Device, Model, VarBuilder, VarMap};
 
     fn cfg(layers: usize) -> Config {
         Config {

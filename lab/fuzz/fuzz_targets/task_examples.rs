@@ -1,7 +1,7 @@
 #![no_main]
 //! Untrusted task-example JSONL: never panic; what parses writes back and parses the same.
 use libfuzzer_sys::fuzz_target;
-use tandem_model::tasks::{examples_to_jsonl, parse_examples};
+use tandem_lab::tasks::{examples_to_jsonl, parse_examples};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -1,7 +1,7 @@
 #![no_main]
 //! Untrusted token-cache bytes (`.u16` files): never panic; what parses writes back identically.
 use libfuzzer_sys::fuzz_target;
-use tandem_model::train::data::TokenStream;
+use tandem_lab::train::data::TokenStream;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = TokenStream::from_u16_le(data, 4096) {

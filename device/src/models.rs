@@ -69,6 +69,28 @@ pub fn default_models_dir() -> PathBuf {
     PathBuf::from("models")
 }
 
+/// Tandem's cache directory (imports of `.gguf` models, fetched model files):
+/// `$TANDEM_CACHE` if set, else `$XDG_CACHE_HOME/tandem`, else `$HOME/.cache/tandem`, else
+/// `.tandem-cache` in the working directory.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("TANDEM_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("tandem");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(h).join(".cache").join("tandem");
+    }
+    PathBuf::from(".tandem-cache")
+}
+
+/// The model directory for a configured path: the path itself, or for a `.gguf` file its f16
+/// import under [`cache_dir`] (made on first use, silently; the `tandem` CLI shows progress).
+pub fn resolve_model_dir(path: &Path) -> Result<PathBuf, tandem_model::Error> {
+    tandem_model::resolve_model_path(path, &cache_dir(), tandem_model::DType::F16, &mut |_| {})
+}
+
 /// An adapter's pin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdapterPin {
@@ -111,6 +133,9 @@ impl ModelPin {
     /// Pins the model in `dir` and every adapter under `dir/adapters/`.
     pub fn from_dir(choice: ModelChoice, dir: &Path) -> Result<ModelPin, ConfigError> {
         let field = format!("models.{choice}");
+        let resolved = resolve_model_dir(dir)
+            .map_err(|e| ConfigError::invalid(field.clone(), format!("{}: {e}", dir.display())))?;
+        let dir = resolved.as_path();
         let bad = |e: tandem_model::Error| {
             ConfigError::invalid(
                 field.clone(),

@@ -142,6 +142,16 @@ pub enum LoadError {
         /// What was wrong.
         reason: String,
     },
+    /// A GGUF file is malformed: bad magic or version, a length, count, type or offset that
+    /// does not fit the file, duplicate keys or tensors, overlapping tensor data, or metadata
+    /// of the wrong type.
+    #[error("{path}: malformed GGUF file: {reason}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
     /// `tokenizer.json` is missing.
     #[error("{path} is missing; the model directory must contain a Hugging Face tokenizer.json")]
     TokenizerMissing {

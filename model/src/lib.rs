@@ -43,6 +43,7 @@ pub mod config;
 pub mod digest;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod llama;
 pub mod loader;
 pub mod lora;
@@ -61,6 +62,7 @@ pub use config::Config;
 pub use digest::{AdapterDigest, ModelDigest, Sha256Digest};
 pub use error::{AdapterError, Error, LoadError, Result, UsageError};
 pub use generate::{FinishReason, GenerateParams, Generation};
+pub use gguf::{GgufFile, ImportProgress, ImportReport, import as import_gguf, resolve_model_path};
 pub use llama::{Cache, KvFormat, Model};
 pub use loader::{
     LoadedAdapter, LoadedModel, adapter_digest, adapter_files, install_base_adapter, load_adapter,

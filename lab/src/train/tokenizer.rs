@@ -15,8 +15,27 @@ use tokenizers::{AddedToken, TokenizerBuilder, TokenizerImpl};
 use super::TrainError;
 use crate::Result;
 
-/// The end-of-text token: separates documents, ends task answers, stops generation.
+/// The end-of-text token of Tandem's own tokenizers: separates documents, ends task answers,
+/// stops generation. Code that works on any model asks [`end_of_text_id`] instead.
 pub const EOT: &str = "<|endoftext|>";
+
+/// The id that ends a document or a task answer for this model: the first of its
+/// `eos_token_id`s (`config.json` / `generation_config.json`), else the tokenizer's
+/// [`EOT`] token. Never assumes Tandem's own tokenizer.
+pub fn end_of_text_id(
+    config: &tandem_model::Config,
+    tokenizer: &tandem_model::Tokenizer,
+) -> Result<u32> {
+    if let Some(&id) = config.eos_token_ids.first() {
+        return Ok(id);
+    }
+    tokenizer.token_to_id(EOT).ok_or_else(|| {
+        TrainError::Tokenizer(format!(
+            "the model has no end-of-text token: config.json has no eos_token_id and the tokenizer has no {EOT}; set eos_token_id in config.json"
+        ))
+        .into()
+    })
+}
 
 /// Trains a byte-level BPE tokenizer with `vocab_size` entries (including the 256 byte tokens
 /// and [`EOT`]) on `docs` and returns its `tokenizer.json` text.

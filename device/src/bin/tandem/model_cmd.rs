@@ -1,4 +1,4 @@
-//! `tandem model generate | inspect`.
+//! `tandem model generate | inspect | import`.
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 use tandem_model::{
-    DType, Device, GenerateParams, LoadedAdapter, LoadedModel, SamplingParams, load_adapter,
-    load_model,
+    DType, Device, GenerateParams, ImportProgress, LoadedAdapter, LoadedModel, SamplingParams,
+    load_adapter, load_model,
 };
 
 /// Compute precision.
@@ -74,9 +74,25 @@ pub enum Cmd {
     },
     /// Architecture, parameter count, dtype, bytes and digest of a model directory.
     Inspect {
-        /// Model directory.
+        /// Model directory (or a `.gguf` file, imported into the cache on first use).
         dir: PathBuf,
         /// Print exactly one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a GGUF file (llama.cpp's format) into a Hugging Face model directory:
+    /// config.json, generation_config.json, model.safetensors, tokenizer.json and
+    /// tokenizer_config.json (with the chat template).
+    Import {
+        /// The GGUF file.
+        file: PathBuf,
+        /// The directory to create (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight precision on disk.
+        #[arg(long, value_enum, default_value = "f16")]
+        dtype: Precision,
+        /// Print exactly one JSON object at the end (no progress bar).
         #[arg(long)]
         json: bool,
     },
@@ -114,6 +130,12 @@ impl Cmd {
                 generate(&model, adapter.as_deref(), &prompt, &params, dtype, json)
             }
             Cmd::Inspect { dir, json } => inspect(&dir, json),
+            Cmd::Import {
+                file,
+                out,
+                dtype,
+                json,
+            } => import(&file, &out, dtype, json),
         }
     }
 }
@@ -123,7 +145,8 @@ fn load(
     adapter: Option<&Path>,
     dtype: Precision,
 ) -> Result<(LoadedModel, Option<LoadedAdapter>)> {
-    let m = load_model(model, dtype.dtype(), &Device::Cpu)
+    let dir = resolve(model)?;
+    let m = load_model(&dir, dtype.dtype(), &Device::Cpu)
         .with_context(|| format!("loading model {}", model.display()))?;
     let a = adapter
         .map(|a| {
@@ -187,7 +210,8 @@ fn generate(
 }
 
 fn inspect(dir: &Path, json: bool) -> Result<()> {
-    let m = load_model(dir, DType::F32, &Device::Cpu)
+    let resolved = resolve(dir)?;
+    let m = load_model(&resolved, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading model {}", dir.display()))?;
     let c = m.model.config();
     let dtypes: Vec<&String> = m.stored_dtypes.iter().collect();
@@ -216,6 +240,83 @@ fn inspect(dir: &Path, json: bool) -> Result<()> {
         for (k, val) in obj {
             println!("{k:<24} {val}");
         }
+    }
+    Ok(())
+}
+
+/// A progress bar over the tensors of a GGUF import (hidden when stderr is not a terminal).
+fn import_bar(what: String) -> (indicatif::ProgressBar, impl FnMut(ImportProgress<'_>)) {
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} tensors ({elapsed}) {prefix}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(what);
+    let bar = pb.clone();
+    (pb, move |p: ImportProgress<'_>| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_prefix(p.tensor.to_string());
+    })
+}
+
+/// The model directory for `path`: itself, or for a `.gguf` file its import (f16) in the cache,
+/// made on first use with a progress bar.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if !tandem_model::gguf::is_gguf(path) {
+        return Ok(path.to_owned());
+    }
+    let cache = tandem_device::models::cache_dir();
+    let (pb, mut progress) = import_bar(format!("importing {} (first use)", path.display()));
+    let dir = tandem_model::resolve_model_path(path, &cache, DType::F16, &mut progress)
+        .with_context(|| format!("importing {} into {}", path.display(), cache.display()))?;
+    pb.finish_and_clear();
+    Ok(dir)
+}
+
+fn import(file: &Path, out: &Path, dtype: Precision, json: bool) -> Result<()> {
+    let start = Instant::now();
+    let (pb, mut progress) = import_bar(format!("importing {}", file.display()));
+    if json {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let report = tandem_model::import_gguf(file, out, dtype.dtype(), &mut progress)
+        .with_context(|| format!("importing {} into {}", file.display(), out.display()))?;
+    pb.finish_and_clear();
+    let digest = tandem_model::model_digest(out)?;
+    let c = &report.config;
+    let v = json!({
+        "source": file.display().to_string(),
+        "out": out.display().to_string(),
+        "dtype": format!("{:?}", dtype.dtype()).to_lowercase(),
+        "tensors": report.tensors,
+        "source_types": report.source_types,
+        "parameters": c.parameter_count(),
+        "weight_bytes": report.weight_bytes,
+        "layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.max_position_embeddings,
+        "eos_token_ids": c.eos_token_ids,
+        "bos_token_id": c.bos_token_id,
+        "digest": digest.to_string(),
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    if json {
+        println!("{v}");
+    } else {
+        eprintln!(
+            "imported {} tensors ({} parameters, {:.1} MB) into {} in {:.1}s",
+            report.tensors,
+            c.parameter_count(),
+            report.weight_bytes as f64 / 1e6,
+            out.display(),
+            start.elapsed().as_secs_f64()
+        );
+        println!("{}", digest);
     }
     Ok(())
 }

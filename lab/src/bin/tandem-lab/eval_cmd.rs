@@ -12,7 +12,7 @@ use tandem_lab::tasks::{
     parse_examples, prompt,
 };
 use tandem_lab::train::data::TokenStream;
-use tandem_lab::train::tokenizer::EOT;
+use tandem_lab::train::tokenizer::{EOT, end_of_text_id};
 use tandem_model::{DType, Device, GenerateParams, load_adapter, load_model};
 
 use tandem_lab::train::trainer::eval_loss;
@@ -127,7 +127,9 @@ fn perplexity(a: &PerplexityArgs) -> Result<()> {
     };
     let tok_bytes =
         std::fs::read(a.model.join("tokenizer.json")).context("reading tokenizer.json")?;
-    let stream: TokenStream = crate::train_cmd::load_tokens(&a.text, &m.tokenizer, &tok_bytes)?;
+    let eos = end_of_text_id(m.model.config(), &m.tokenizer)?;
+    let stream: TokenStream =
+        crate::train_cmd::load_tokens(&a.text, &m.tokenizer, &tok_bytes, eos)?;
     let max = if a.windows == 0 {
         usize::MAX
     } else {
@@ -176,10 +178,6 @@ fn task(a: &TaskArgs) -> Result<()> {
     if a.limit > 0 {
         examples.truncate(a.limit);
     }
-    let eos = m
-        .tokenizer
-        .token_to_id(EOT)
-        .with_context(|| format!("the tokenizer has no {EOT} token"))?;
     let bar = ProgressBar::new(examples.len() as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} examples {msg} ETA {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -191,7 +189,7 @@ fn task(a: &TaskArgs) -> Result<()> {
         let params = GenerateParams {
             max_tokens: ids.len() + 16,
             stop_strings: vec!["\n".to_string()],
-            eos_token_ids: Some(vec![eos]),
+            eos_token_ids: None,
             ..GenerateParams::default()
         };
         let g = m.model.generate(

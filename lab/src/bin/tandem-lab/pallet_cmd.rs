@@ -13,6 +13,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tandem_lab::pallet::{PalletPlan, Palletize, allocate_bits, sensitivities};
+use tandem_lab::train::tokenizer::end_of_text_id;
 use tandem_lab::train::trainer::eval_loss;
 use tandem_model::pallet::{Bits, OpInfo, PalletFile, kernel};
 use tandem_model::{DType, Device, Tensor, load_model};
@@ -162,7 +163,8 @@ fn recover(a: &RecoverArgs) -> Result<()> {
     let cfg = base.model.config().clone();
     let tok_bytes =
         std::fs::read(a.model.join("tokenizer.json")).context("reading tokenizer.json")?;
-    let stream = load_tokens(&a.data, &base.tokenizer, &tok_bytes)?;
+    let eos = end_of_text_id(&cfg, &base.tokenizer)?;
+    let stream = load_tokens(&a.data, &base.tokenizer, &tok_bytes, eos)?;
     let teacher = match &a.teacher {
         Some(t) => {
             let m = load_model(t, DType::F32, &dev)
@@ -343,7 +345,12 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
     let tok_bytes =
         std::fs::read(a.model.join("tokenizer.json")).context("reading tokenizer.json")?;
     let stream = match &a.calibration {
-        Some(p) => Some(load_tokens(p, &m.tokenizer, &tok_bytes)?),
+        Some(p) => Some(load_tokens(
+            p,
+            &m.tokenizer,
+            &tok_bytes,
+            end_of_text_id(model.config(), &m.tokenizer)?,
+        )?),
         None if mixed => bail!(
             "--bpw {} mixes 2- and 4-bit operations by measured sensitivity: pass --calibration FILE (training text, e.g. data/corpus/train.txt)",
             a.bpw

@@ -16,7 +16,7 @@ use tandem_lab::train::data::{TokenStream, split_documents};
 use tandem_lab::train::grow::grow_depth;
 use tandem_lab::train::optim::AdamWParams;
 use tandem_lab::train::schedule::CosineSchedule;
-use tandem_lab::train::tokenizer::{EOT, train_bpe};
+use tandem_lab::train::tokenizer::{EOT, end_of_text_id, train_bpe};
 use tandem_lab::train::trainer::{
     StepStats, TrainConfig, Trainer, eval_loss, init_deterministic, lm_loss,
 };
@@ -115,8 +115,9 @@ pub struct TrainArgs {
     pub max_steps_now: Option<u64>,
 }
 
-/// Size presets. Both use the tokenizer's vocabulary and a 256-token context.
-pub fn preset(name: &str, vocab: usize) -> Option<Config> {
+/// Size presets. Both use the tokenizer's vocabulary, its end-of-text id and a 256-token
+/// context.
+pub fn preset(name: &str, vocab: usize, eos: Option<u32>) -> Option<Config> {
     let (hidden, layers, heads, kv, inter) = match name {
         // ≈ 4.0 M parameters with a 4096 vocabulary.
         "device" => (256, 4, 4, 2, 688),
@@ -137,7 +138,7 @@ pub fn preset(name: &str, vocab: usize) -> Option<Config> {
         rope_theta: 10_000.0,
         max_position_embeddings: 256,
         tie_word_embeddings: true,
-        eos_token_ids: vec![0],
+        eos_token_ids: eos.into_iter().collect(),
         bos_token_id: None,
         base_adapter: None,
     })
@@ -186,11 +187,13 @@ pub fn train_tokenizer(a: &TrainTokenizerArgs) -> Result<()> {
     Ok(())
 }
 
-/// Tokenizes `path` once and caches the ids next to it (`PATH.<tokenizer digest>.u16`).
+/// Tokenizes `path` once, each document followed by `eos` (the model's end-of-text id, see
+/// [`end_of_text_id`]), and caches the ids next to it (`PATH.<tokenizer digest>-<eos>.u16`).
 pub fn load_tokens(
     path: &Path,
     tokenizer: &Tokenizer,
     tokenizer_bytes: &[u8],
+    eos: u32,
 ) -> Result<TokenStream> {
     // FNV-1a of the tokenizer file: a cache key, not a security check.
     let digest = format!(
@@ -200,7 +203,7 @@ pub fn load_tokens(
             .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b))
                 .wrapping_mul(0x0000_0100_0000_01b3))
     );
-    let cache = PathBuf::from(format!("{}.{digest}.u16", path.display()));
+    let cache = PathBuf::from(format!("{}.{digest}-{eos}.u16", path.display()));
     let vocab = tokenizer.vocab_size();
     if let Ok(bytes) = std::fs::read(&cache) {
         let meta_ok = std::fs::metadata(&cache)
@@ -213,9 +216,6 @@ pub fn load_tokens(
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let docs = split_documents(&text);
-    let eos = tokenizer
-        .token_to_id(EOT)
-        .with_context(|| format!("the tokenizer has no {EOT} token"))?;
     let bar = ProgressBar::new(docs.len() as u64).with_style(
         ProgressStyle::with_template("tokenizing {bar:30} {pos}/{len} documents {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -264,7 +264,11 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let tok_bytes = std::fs::read(&a.tokenizer)
         .with_context(|| format!("reading {}", a.tokenizer.display()))?;
     let tokenizer = Tokenizer::from_bytes(&tok_bytes, &a.tokenizer)?;
-    let cfg = match preset(&a.config, tokenizer.vocab_size()) {
+    let cfg = match preset(
+        &a.config,
+        tokenizer.vocab_size(),
+        tokenizer.token_to_id(EOT),
+    ) {
         Some(c) => c,
         None => {
             let p = Path::new(&a.config);
@@ -291,9 +295,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             cfg.max_position_embeddings
         );
     }
-    let stream = load_tokens(&a.data, &tokenizer, &tok_bytes)?;
+    let eos = end_of_text_id(&cfg, &tokenizer)?;
+    let stream = load_tokens(&a.data, &tokenizer, &tok_bytes, eos)?;
     let eval = match &a.eval_data {
-        Some(p) => Some(load_tokens(p, &tokenizer, &tok_bytes)?),
+        Some(p) => Some(load_tokens(p, &tokenizer, &tok_bytes, eos)?),
         None => None,
     };
 
@@ -501,10 +506,7 @@ pub fn train_adapter(a: &TrainAdapterArgs) -> Result<()> {
             .collect();
     }
     let examples = make_examples(task, &sentences, a.seed);
-    let eos = base
-        .tokenizer
-        .token_to_id(EOT)
-        .with_context(|| format!("the tokenizer has no {EOT} token"))?;
+    let eos = end_of_text_id(&cfg, &base.tokenizer)?;
     let bar = ProgressBar::new(examples.len() as u64).with_style(
         ProgressStyle::with_template("tokenizing {bar:30} {pos}/{len} examples")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),

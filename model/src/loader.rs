@@ -28,6 +28,20 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// Single-file weights name (what `save_pretrained` writes).
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Generation defaults (stop ids) as transformers writes them; optional.
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+/// Tokenizer settings (special tokens, chat template) as transformers writes them; optional.
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// The chat template where transformers 5 writes it; optional.
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+/// The optional files that change how a model is prompted or stops, covered by its digest
+/// when present (a directory without them keeps the digest it had before they existed).
+pub const OPTIONAL_MODEL_FILES: [&str; 3] = [
+    GENERATION_CONFIG_FILE,
+    TOKENIZER_CONFIG_FILE,
+    CHAT_TEMPLATE_FILE,
+];
+
 /// PEFT adapter config file name.
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 /// PEFT adapter weights file name.
@@ -163,13 +177,34 @@ pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if !tok_path.is_file() {
         return Err(LoadError::TokenizerMissing { path: tok_path }.into());
     }
-    let cfg = Config::from_json(&read(&config_path)?, &config_path)?;
+    let cfg = read_config(dir)?;
     let (shards, index) = weight_files(dir)?;
     let mut files = vec![config_path, tok_path];
+    files.extend(optional_files(dir));
     files.extend(index);
     files.extend(shards);
     files.extend(base_adapter_files(dir, &cfg)?);
     Ok(files)
+}
+
+/// `config.json` with the stop ids of `generation_config.json` (when present) merged in.
+pub fn read_config(dir: &Path) -> Result<Config> {
+    let config_path = dir.join(CONFIG_FILE);
+    let mut cfg = Config::from_json(&read(&config_path)?, &config_path)?;
+    let gen_path = dir.join(GENERATION_CONFIG_FILE);
+    if gen_path.is_file() {
+        cfg.merge_generation_config(&read(&gen_path)?, &gen_path)?;
+    }
+    Ok(cfg)
+}
+
+/// Those of [`OPTIONAL_MODEL_FILES`] that `dir` holds, in that order.
+fn optional_files(dir: &Path) -> Vec<PathBuf> {
+    OPTIONAL_MODEL_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.is_file())
+        .collect()
 }
 
 /// The files of the base adapter `cfg` names (empty when it names none); each must exist.
@@ -245,9 +280,9 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
         return Err(UsageError::ComputeDtype(dtype).into());
     }
-    // 1. Config.
+    // 1. Config (and the stop ids of generation_config.json).
     let config_path = dir.join(CONFIG_FILE);
-    let cfg = Config::from_json(&read(&config_path)?, &config_path)?;
+    let cfg = read_config(dir)?;
 
     // 2. Tokenizer, and its agreement with the config.
     let tok_path = dir.join(TOKENIZER_FILE);
@@ -292,7 +327,9 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
         let (mut model, stored_dtypes) = load_palletized(&shards[0], &cfg, dtype, device)?;
         let base_files = attach_base_adapter(dir, &cfg, &mut model, dtype, device)?;
         let file_bytes = shards[0].metadata().map(|m| m.len()).unwrap_or(0);
-        let mut digest_set = vec![config_path, tok_path, shards[0].clone()];
+        let mut digest_set = vec![config_path, tok_path];
+        digest_set.extend(optional_files(dir));
+        digest_set.push(shards[0].clone());
         digest_set.extend(base_files);
         let digest = ModelDigest(digest_files(&digest_set).map_err(|source| LoadError::Io {
             path: dir.to_owned(),
@@ -363,6 +400,7 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
 
     // 6. Digest over exactly the files read.
     let mut digest_set = vec![config_path, tok_path];
+    digest_set.extend(optional_files(dir));
     digest_set.extend(index);
     let file_bytes = shards
         .iter()

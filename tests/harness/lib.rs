@@ -18,5 +18,6 @@ pub mod bins;
 pub mod device;
 pub mod fleet;
 pub mod node;
+pub mod real_model;
 
 pub use tandem_service::unix_now as now;

@@ -190,6 +190,7 @@ fn generate(
             json!({
                 "text": g.text,
                 "tokens": g.tokens.len(),
+                "token_ids": g.tokens,
                 "prompt_tokens": g.prompt_tokens,
                 "finish_reason": g.finish.as_str(),
                 "seconds": secs,

@@ -72,6 +72,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A conversation rendered with the model's chat template: the exact prompt it sees.
+    ChatTemplate(crate::chat_template_cmd::ChatTemplateArgs),
     /// Architecture, parameter count, dtype, bytes and digest of a model directory.
     Inspect {
         /// Model directory.
@@ -114,6 +116,7 @@ impl Cmd {
                 generate(&model, adapter.as_deref(), &prompt, &params, dtype, json)
             }
             Cmd::Inspect { dir, json } => inspect(&dir, json),
+            Cmd::ChatTemplate(a) => crate::chat_template_cmd::run(a),
         }
     }
 }

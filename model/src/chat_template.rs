@@ -240,7 +240,9 @@ impl TokenizerConfig {
                 // An AddedToken: {"__type": "AddedToken", "content": "<s>", ...}.
                 Some(serde_json::Value::Object(o)) => match o.get("content") {
                     Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-                    _ => Err(bad(format!("`{key}` is an object without a string `content`"))),
+                    _ => Err(bad(format!(
+                        "`{key}` is an object without a string `content`"
+                    ))),
                 },
                 Some(other) => Err(bad(format!(
                     "`{key}` must be a string or an object with `content`, not {other}"
@@ -495,7 +497,10 @@ impl JsonOpts {
             _ => {
                 return Err(minijinja::Error::new(
                     ErrorKind::InvalidOperation,
-                    format!("tojson: a value of type {} is not JSON serializable", v.kind()),
+                    format!(
+                        "tojson: a value of type {} is not JSON serializable",
+                        v.kind()
+                    ),
                 ));
             }
         }
@@ -565,7 +570,10 @@ fn json_key(k: &Value) -> std::result::Result<String, minijinja::Error> {
         ValueKind::None => Ok("null".into()),
         _ => Err(minijinja::Error::new(
             ErrorKind::InvalidOperation,
-            format!("tojson: keys must be str, int, float, bool or None, not {}", k.kind()),
+            format!(
+                "tojson: keys must be str, int, float, bool or None, not {}",
+                k.kind()
+            ),
         )),
     }
 }
@@ -741,10 +749,19 @@ mod tests {
         );
         assert_eq!((t.hour, t.minute, t.second), (22, 13, 20));
         let leap = CivilTime::from_unix(951_782_400); // 2000-02-29 00:00:00
-        assert_eq!((leap.year, leap.month, leap.day, leap.yday), (2000, 2, 29, 60));
+        assert_eq!(
+            (leap.year, leap.month, leap.day, leap.yday),
+            (2000, 2, 29, 60)
+        );
         let before = CivilTime::from_unix(-1); // 1969-12-31 23:59:59, a Wednesday
         assert_eq!(
-            (before.year, before.month, before.day, before.weekday, before.second),
+            (
+                before.year,
+                before.month,
+                before.day,
+                before.weekday,
+                before.second
+            ),
             (1969, 12, 31, 2, 59)
         );
     }
@@ -782,7 +799,9 @@ mod tests {
             "{\n  \"a\": [],\n  \"b\": [\n    1,\n    {}\n  ]\n}"
         );
         assert_eq!(
-            render("{{ {'a': 'é\u{1F600}\\u0001'} | tojson(ensure_ascii=true, separators=(',', ':')) }}"),
+            render(
+                "{{ {'a': 'é\u{1F600}\\u0001'} | tojson(ensure_ascii=true, separators=(',', ':')) }}"
+            ),
             "{\"a\":\"\\u00e9\\ud83d\\ude00\\u0001\"}"
         );
     }
@@ -791,7 +810,8 @@ mod tests {
     fn undefined_bos_renders_empty_and_bad_token_config_is_an_error() {
         let t = ChatTemplate::new("[{{ eos_token }}]", None, None).expect("compiles");
         assert_eq!(
-            t.render(&[Message::new("user", "x")], true).expect("renders"),
+            t.render(&[Message::new("user", "x")], true)
+                .expect("renders"),
             "[]"
         );
         let p = Path::new("tokenizer_config.json");

@@ -49,7 +49,9 @@ fn renders_like_transformers() {
         expected.generated_by
     );
     // The SmolLM2 template and at least two other families are covered.
-    for name in ["smollm2", "llama3", "llama2", "mistral", "gemma", "qwen2_5", "phi3"] {
+    for name in [
+        "smollm2", "llama3", "llama2", "mistral", "gemma", "qwen2_5", "phi3",
+    ] {
         assert!(expected.fixtures.contains_key(name), "{name} missing");
     }
     let mut checked = 0;
@@ -70,7 +72,9 @@ fn renders_like_transformers() {
                     assert!(msg.contains(want.as_str()), "{what}: {msg}");
                     assert!(msg.contains("raise_exception"), "{what}: {msg}");
                 }
-                (Some(_), None, Err(e)) => panic!("{what}: transformers rendered it, we failed: {e}"),
+                (Some(_), None, Err(e)) => {
+                    panic!("{what}: transformers rendered it, we failed: {e}")
+                }
                 (None, Some(want), Ok(got)) => {
                     panic!("{what}: transformers raised {want:?}, we rendered {got:?}")
                 }
@@ -100,7 +104,11 @@ fn smollm2_prompt_is_chatml_with_its_default_system_message() {
 fn lookup_order_and_token_objects() {
     // qwen2_5 has both files; its tokenizer_config.json template would raise if it were used.
     let q = template("qwen2_5");
-    assert!(q.origin().ends_with("chat_template.jinja"), "{}", q.origin());
+    assert!(
+        q.origin().ends_with("chat_template.jinja"),
+        "{}",
+        q.origin()
+    );
     assert_eq!((q.bos_token(), q.eos_token()), (None, Some("<|im_end|>")));
     // {"__type": "AddedToken", "content": ...} objects.
     let l = template("llama2");
@@ -162,7 +170,10 @@ fn bad_syntax_names_the_file() {
     let msg = ChatTemplate::from_model_dir(dir.path())
         .expect_err("does not compile")
         .to_string();
-    assert!(msg.contains("tokenizer_config.json (chat_template)"), "{msg}");
+    assert!(
+        msg.contains("tokenizer_config.json (chat_template)"),
+        "{msg}"
+    );
 
     std::fs::write(dir.path().join("tokenizer_config.json"), b"{oops").expect("write");
     let msg = ChatTemplate::from_model_dir(dir.path())
@@ -184,11 +195,11 @@ fn runtime_failures_are_errors_not_panics() {
     ] {
         let t = ChatTemplate::from_source("test.jinja", src, None, None)
             .unwrap_or_else(|e| panic!("{src}: {e}"));
-        let msg = t
-            .render(&user, true)
-            .expect_err(src)
-            .to_string();
-        assert!(msg.starts_with("test.jinja: chat template failed"), "{src}: {msg}");
+        let msg = t.render(&user, true).expect_err(src).to_string();
+        assert!(
+            msg.starts_with("test.jinja: chat template failed"),
+            "{src}: {msg}"
+        );
         assert!(msg.to_lowercase().contains(want), "{src}: {msg}");
     }
     // An empty conversation is refused, as transformers refuses it.
@@ -202,7 +213,10 @@ fn runtime_failures_are_errors_not_panics() {
         )
         .expect_err("mistral refuses other roles")
         .to_string();
-    assert!(msg.contains("Only user and assistant roles are supported!"), "{msg}");
+    assert!(
+        msg.contains("Only user and assistant roles are supported!"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -214,8 +228,11 @@ fn from_source_for_gguf_callers() {
     )
     .expect("compiles");
     assert_eq!(
-        t.render(&[Message::new("user", "a"), Message::new("assistant", "b")], false)
-            .expect("renders"),
+        t.render(
+            &[Message::new("user", "a"), Message::new("assistant", "b")],
+            false
+        )
+        .expect("renders"),
         "<s>user: a\nassistant: b\n</s>"
     );
 }

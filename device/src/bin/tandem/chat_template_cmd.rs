@@ -85,15 +85,7 @@ impl Prompter {
     /// the template's copy is dropped so the model sees one BOS, not two.
     pub fn prompt(&self, messages: &[Message]) -> Result<String> {
         let prompt = render(&self.template, messages, true)?;
-        if let (Some(bos), Some(tok)) = (self.template.bos_token(), &self.tokenizer)
-            && let Some(rest) = prompt.strip_prefix(bos)
-        {
-            let added = tok.encode("")?;
-            if added.first().is_some() && added.first().copied() == tok.token_to_id(bos) {
-                return Ok(rest.to_string());
-            }
-        }
-        Ok(prompt)
+        drop_doubled_bos(prompt, self.template.bos_token(), self.tokenizer.as_ref())
     }
 
     /// Tokens of `text` with the model's tokenizer, or a conservative bytes/2 without one.
@@ -103,6 +95,21 @@ impl Prompter {
             .and_then(|t| t.encode(text).ok())
             .map_or(text.len() / 2, |ids| ids.len())
     }
+}
+
+/// `prompt` without its leading `bos` if encoding adds that very token anyway.
+fn drop_doubled_bos(prompt: String, bos: Option<&str>, tok: Option<&Tokenizer>) -> Result<String> {
+    if let (Some(bos), Some(tok)) = (bos, tok)
+        && let Some(rest) = prompt.strip_prefix(bos)
+    {
+        let added = tok.encode("")?;
+        if let (Some(first), Some(id)) = (added.first(), tok.token_to_id(bos))
+            && *first == id
+        {
+            return Ok(rest.to_string());
+        }
+    }
+    Ok(prompt)
 }
 
 /// Renders `history` (an optional system message, then user/assistant turns, ending with the
@@ -266,6 +273,41 @@ mod tests {
             fit(&mut h, 3),
             ("[user:u2][assistant:a2][user:u3]".into(), 1)
         );
+    }
+
+    /// A word-level tokenizer whose post-processor puts `<s>` before every text (when `bos`).
+    fn tokenizer(bos: bool) -> Tokenizer {
+        let post = if bos {
+            r#"{"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}}}"#
+        } else {
+            "null"
+        };
+        let json = format!(
+            r#"{{"version": "1.0", "truncation": null, "padding": null,
+                "added_tokens": [{{"id": 0, "content": "<s>", "single_word": false, "lstrip": false,
+                                  "rstrip": false, "normalized": false, "special": true}}],
+                "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}},
+                "post_processor": {post}, "decoder": null,
+                "model": {{"type": "WordLevel", "vocab": {{"<s>": 0, "hi": 1, "[UNK]": 2}}, "unk_token": "[UNK]"}}}}"#
+        );
+        Tokenizer::from_bytes(json.as_bytes(), Path::new("tokenizer.json")).expect("tokenizer")
+    }
+
+    #[test]
+    fn a_template_bos_is_dropped_only_when_encoding_adds_it() {
+        let adds = tokenizer(true);
+        let plain = tokenizer(false);
+        assert_eq!(adds.encode("hi").expect("encodes"), vec![0, 1]);
+        let p = || "<s>hi".to_string();
+        let drop = |bos, tok| drop_doubled_bos(p(), bos, tok).expect("ok");
+        assert_eq!(drop(Some("<s>"), Some(&adds)), "hi");
+        assert_eq!(drop(Some("<s>"), Some(&plain)), "<s>hi");
+        assert_eq!(drop(Some("<s>"), None), "<s>hi");
+        assert_eq!(drop(None, Some(&adds)), "<s>hi");
+        assert_eq!(drop(Some("<bos>"), Some(&adds)), "<s>hi");
     }
 
     #[test]

@@ -35,6 +35,9 @@ use crate::error::{Error, LoadError, Result};
 /// The name the template is compiled under (it appears in engine messages as `chat_template:LINE`).
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// The most work one render may do (see [`environment`]).
+const FUEL: u64 = 20_000_000;
+
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -329,6 +332,12 @@ fn environment() -> Environment<'static> {
         env.set_syntax(s);
     }
     env.set_debug(false);
+    // A template is a program from the model's files: bound its work (about one unit per
+    // engine instruction; `tests/chat_template.rs` renders 2,000 messages with Qwen2.5's
+    // template within it) and its recursion, so a hostile one fails with "ran out of fuel"
+    // instead of hanging.
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(100);
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     // Jinja2's `Environment` never auto-escapes unless asked; templates are not HTML.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
@@ -782,6 +791,27 @@ mod tests {
             .render(&[Message::new("user", "hi")], false)
             .expect_err("no time given");
         assert!(e.to_string().contains("render_at"), "{e}");
+    }
+
+    #[test]
+    fn runaway_templates_run_out_of_fuel() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            None,
+            None,
+        )
+        .expect("compiles");
+        let e = t
+            .render(&[Message::new("user", "hi")], false)
+            .expect_err("bounded");
+        assert!(e.to_string().contains("fuel"), "{e}");
+        let t = ChatTemplate::new(
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+            None,
+            None,
+        )
+        .expect("compiles");
+        assert!(t.render(&[Message::new("user", "hi")], false).is_err());
     }
 
     #[test]

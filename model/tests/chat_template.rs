@@ -220,6 +220,22 @@ fn runtime_failures_are_errors_not_panics() {
 }
 
 #[test]
+fn long_conversations_fit_the_fuel() {
+    let messages: Vec<Message> = (0..2000)
+        .map(|i| {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            Message::new(role, format!("message number {i}"))
+        })
+        .collect();
+    for name in ["qwen2_5", "llama2", "smollm2"] {
+        let p = template(name)
+            .render(&messages, true)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(p.contains("message number 1999"), "{name}");
+    }
+}
+
+#[test]
 fn from_source_for_gguf_callers() {
     let t = ChatTemplate::new(
         "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{{ eos_token }}",

@@ -12,6 +12,7 @@ use std::process::Command;
 use serde_json::Value;
 use tandem_lab::train::data::{TokenStream, split_documents};
 use tandem_lab::train::trainer::eval_loss;
+use tandem_model::chat_template::{ChatTemplate, Message};
 use tandem_model::{DType, Device, GenerateParams, load_model};
 use tandem_tests::real_model::{hf_python, repo_file, smollm2_dir};
 
@@ -81,8 +82,17 @@ fn import_matches_transformers() {
     // Greedy tokens for each chat.
     let chats = hf["chats"].as_array().unwrap();
     assert!(chats.len() >= 5);
+    let template = ChatTemplate::from_model_dir(&dir)
+        .unwrap()
+        .expect("the GGUF's chat template is imported");
     for c in chats {
         let prompt = c["prompt"].as_str().unwrap();
+        let messages: Vec<Message> = serde_json::from_value(c["messages"].clone()).unwrap();
+        assert_eq!(
+            template.render(&messages, true).unwrap(),
+            prompt,
+            "the chat template renders differently from transformers"
+        );
         let ids = m.tokenizer.encode(prompt).unwrap();
         let hf_ids: Vec<u32> = serde_json::from_value(c["prompt_ids"].clone()).unwrap();
         assert_eq!(ids, hf_ids, "prompt {prompt:?} tokenizes differently");

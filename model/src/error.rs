@@ -23,6 +23,17 @@ pub enum Error {
     /// Tokenizing or detokenizing failed.
     #[error("tokenizer failed: {0}")]
     Tokenize(String),
+    /// A chat template (see [`crate::chat_template`]) or the tokenizer config holding it is bad,
+    /// or rendering it failed (syntax, a type error, or the template's own `raise_exception`,
+    /// e.g. roles that do not alternate). Caused by the model's files or the conversation.
+    /// (`origin`, not `source`: thiserror would take a `source` field for the cause.)
+    #[error("{origin}: chat template {reason}")]
+    ChatTemplate {
+        /// Where the template came from (a file, or e.g. a GGUF key).
+        origin: String,
+        /// What failed.
+        reason: String,
+    },
     /// Writing a checkpoint failed (only `save_*` functions write).
     #[error("cannot write {path}: {source}")]
     Write {

@@ -39,6 +39,7 @@
 //!   to a saved model).
 
 pub mod adapter_cache;
+pub mod chat_template;
 pub mod config;
 pub mod digest;
 pub mod error;

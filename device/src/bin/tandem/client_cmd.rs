@@ -11,6 +11,9 @@ use serde_json::{Value, json};
 use tandem_device::{
     Client, Config, Event, GenerateRequest, ModelChoice, RouteChoice, Summary, VerifiedReceipt,
 };
+use tandem_model::chat_template::Message;
+
+use crate::chat_template_cmd::{Prompter, fit_history};
 
 /// Where the device config comes from, shared by every client command.
 #[derive(Debug, Clone, Args)]
@@ -63,7 +66,8 @@ pub struct AskArgs {
     /// task's input and is wrapped in the task prompt format (see `--raw`).
     #[arg(long)]
     adapter: Option<String>,
-    /// Send the prompt as is, even with a task adapter.
+    /// Send the prompt as is: without the model's chat template (which otherwise makes it a
+    /// user turn), and without the task prompt format of a task adapter.
     #[arg(long)]
     raw: bool,
     /// Most new tokens.
@@ -100,6 +104,9 @@ pub struct ChatArgs {
     /// Sampling temperature; 0 = greedy.
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
+    /// System message (with a model that has a chat template; kept when old turns are dropped).
+    #[arg(long)]
+    system: Option<String>,
     #[command(flatten)]
     cfg: ConfigArgs,
 }
@@ -221,10 +228,24 @@ async fn run_one(
     bail!("the generation ended without a summary")
 }
 
+fn is_task(adapter: &str) -> bool {
+    tandem_model::tasks::Task::from_name(adapter).is_ok()
+}
+
 pub fn ask(a: AskArgs) -> Result<()> {
     let client = a.cfg.client()?;
-    let base = match (&a.adapter, a.raw) {
-        (Some(ad), false) => GenerateRequest::for_adapter(ad.clone(), &a.prompt),
+    // The task prompt format wins over the chat template; `--raw` turns both off.
+    let task = a.adapter.as_deref().filter(|ad| is_task(ad));
+    let prompter = match (task, a.raw, client.pin(a.model)) {
+        (None, false, Some(pin)) => Prompter::for_model(&pin.dir)?,
+        _ => None,
+    };
+    let base = match (task, a.raw, &prompter) {
+        (Some(ad), false, _) => GenerateRequest::for_adapter(ad, &a.prompt),
+        (_, _, Some(p)) => GenerateRequest {
+            adapter: a.adapter.clone(),
+            ..GenerateRequest::new(p.prompt(&[Message::new("user", a.prompt.as_str())])?)
+        },
         _ => GenerateRequest {
             adapter: a.adapter.clone(),
             ..GenerateRequest::new(a.prompt.clone())
@@ -270,6 +291,78 @@ pub fn ask(a: AskArgs) -> Result<()> {
 
 pub fn chat(a: ChatArgs) -> Result<()> {
     let client = a.cfg.client()?;
+    let prompter = match (
+        a.adapter.as_deref().filter(|ad| is_task(ad)),
+        client.pin(ModelChoice::Device),
+    ) {
+        (None, Some(pin)) => Prompter::for_model(&pin.dir)?,
+        _ => None,
+    };
+    match prompter {
+        Some(p) => chat_templated(&client, &a, &p),
+        None => {
+            if a.system.is_some() {
+                eprintln!("[the device model has no chat template: --system is ignored]");
+            }
+            chat_plain(&client, &a)
+        }
+    }
+}
+
+/// `tandem chat` with the device model's chat template: a message history, rendered whole each
+/// turn, its oldest exchanges dropped to keep prompt + reply within the local token budget.
+fn chat_templated(client: &Client, a: &ChatArgs, p: &Prompter) -> Result<()> {
+    let rt = runtime()?;
+    let budget = client
+        .config()
+        .routing
+        .local_token_budget
+        .saturating_sub(a.max_tokens as usize);
+    eprintln!(
+        "tandem chat: the conversation stays on this device (local route only; the model's chat template). Empty line or Ctrl-D ends."
+    );
+    let mut history: Vec<Message> = a
+        .system
+        .iter()
+        .map(|s| Message::new("system", s.as_str()))
+        .collect();
+    let stdin = std::io::stdin();
+    let mut turn = 0u64;
+    loop {
+        eprint!("you> ");
+        std::io::stderr().flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        history.push(Message::new("user", line.trim_end()));
+        let (prompt, dropped) = fit_history(&mut history, budget, |m| p.prompt(m), |t| p.count(t))?;
+        if dropped > 0 {
+            eprintln!(
+                "[dropped the oldest {dropped} exchange(s) to keep the prompt within {budget} tokens]"
+            );
+        }
+        let req = GenerateRequest {
+            prompt,
+            model: ModelChoice::Device,
+            adapter: a.adapter.clone(),
+            max_new_tokens: a.max_tokens,
+            temperature: a.temperature,
+            top_p: None,
+            seed: turn,
+            route: RouteChoice::Local,
+        };
+        turn += 1;
+        let mut stdout = std::io::stdout();
+        let (text, _, _, _) = rt.block_on(run_one(client, req, Some(&mut stdout), "thinking…"))?;
+        println!();
+        history.push(Message::new("assistant", text.trim()));
+    }
+    Ok(())
+}
+
+/// `tandem chat` for a model without a chat template: the lines so far, newline-separated.
+fn chat_plain(client: &Client, a: &ChatArgs) -> Result<()> {
     let rt = runtime()?;
     let budget = client.config().routing.local_token_budget;
     eprintln!(
@@ -308,7 +401,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         };
         turn += 1;
         let mut stdout = std::io::stdout();
-        let (text, _, _, _) = rt.block_on(run_one(&client, req, Some(&mut stdout), "thinking…"))?;
+        let (text, _, _, _) = rt.block_on(run_one(client, req, Some(&mut stdout), "thinking…"))?;
         println!();
         history.push_str(text.trim());
         history.push('\n');

@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod chat_template_cmd;
 mod client_cmd;
 mod model_cmd;
 
@@ -27,7 +28,7 @@ enum Command {
     /// Device config files.
     #[command(subcommand)]
     Config(client_cmd::ConfigCmd),
-    /// Local model commands (generate, inspect).
+    /// Local model commands (generate, inspect, chat-template).
     #[command(subcommand)]
     Model(model_cmd::Cmd),
 }

@@ -72,6 +72,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A conversation rendered with the model's chat template: the exact prompt it sees.
+    ChatTemplate(crate::chat_template_cmd::ChatTemplateArgs),
     /// Architecture, parameter count, dtype, bytes and digest of a model directory.
     Inspect {
         /// Model directory (or a `.gguf` file, imported into the cache on first use).
@@ -136,6 +138,7 @@ impl Cmd {
                 dtype,
                 json,
             } => import(&file, &out, dtype, json),
+            Cmd::ChatTemplate(a) => crate::chat_template_cmd::run(a),
         }
     }
 }

@@ -228,3 +228,14 @@ fn unpermute_inverts_llama_cpp_permutation() {
     assert_eq!(max_abs_diff(&back, &w), 0.0);
     assert!(tandem_model::gguf::unpermute_qk(&w, 3).is_err());
 }
+
+/// Writes the fuzz seed `model/fuzz/corpus/gguf/tiny-q4_0.gguf` (run by hand:
+/// `cargo test -p tandem-model --test gguf -- --ignored write_fuzz_seed`).
+#[test]
+#[ignore = "writes the committed fuzz seed"]
+fn write_fuzz_seed() {
+    let (bytes, _) = tiny_gguf(GgmlDType::Q4_0);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gguf");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tiny-q4_0.gguf"), bytes).unwrap();
+}

@@ -468,7 +468,7 @@ async fn device_sdk_against_a_dev_fleet() {
     // 6. Fallback: with a tiny local budget auto routing goes remote; when the gateway refuses
     //    before the first chunk the request runs locally and the events say so.
     let mut small = cfg.clone();
-    small.routing.local_token_budget = 4;
+    small.routing.local_token_budget = Some(4);
     let small_client = Client::new(small).unwrap();
     proxy.mode.store(REFUSE, Ordering::SeqCst);
     let (_, ids, s, fb) = run(&small_client, greedy("The king said", 8, RouteChoice::Auto))

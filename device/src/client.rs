@@ -237,6 +237,17 @@ impl Client {
         })
     }
 
+    /// Largest prompt + new tokens run locally: `routing.local_token_budget` if set (capped at
+    /// the device model's context), else that context.
+    pub fn local_budget(&self) -> usize {
+        let ctx = self.inner.device_context;
+        self.inner
+            .config
+            .routing
+            .local_token_budget
+            .map_or(ctx, |b| b.min(ctx))
+    }
+
     /// The config.
     pub fn config(&self) -> &Config {
         &self.inner.config
@@ -310,7 +321,7 @@ impl Client {
             adapter_installed,
             prompt_tokens,
             max_new_tokens: req.max_new_tokens as usize,
-            local_budget: self.inner.config.routing.local_token_budget,
+            local_budget: self.local_budget(),
             remote_configured: self.inner.remote.is_some(),
         };
         decide(&inputs).map_err(Error::Route)

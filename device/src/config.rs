@@ -10,7 +10,8 @@
 //!   "policy": { "...": "a tandem-attest verification policy (see `attest verify --help`)" },
 //!   "log_url": "http://127.0.0.1:7001",
 //!   "checkpoint_file": "checkpoint",
-//!   "routing": {"local_token_budget": 256, "fallback_to_local": true, "candidates": 3,
+//!   "routing": {"local_token_budget": 2048 /* optional: default the device model's context */,
+//!               "fallback_to_local": true, "candidates": 3,
 //!               "discover_cache_ms": 10000},
 //!   "timeouts": {"connect_ms": 5000, "first_chunk_ms": 60000, "request_ms": 300000}
 //! }
@@ -38,8 +39,10 @@ use crate::error::ConfigError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RoutingConfig {
-    /// Largest prompt + new tokens the device runs locally (the device model's context is 256).
-    pub local_token_budget: usize,
+    /// Largest prompt + new tokens the device runs locally. Unset: the device model's own
+    /// context (`max_position_embeddings` of its config); set: at most that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_token_budget: Option<usize>,
     /// Run locally when the remote path fails before the first chunk (and local is possible).
     pub fallback_to_local: bool,
     /// How many candidate nodes to ask the gateway for (and seal to), 1..=16.
@@ -53,7 +56,7 @@ pub struct RoutingConfig {
 impl Default for RoutingConfig {
     fn default() -> Self {
         RoutingConfig {
-            local_token_budget: 256,
+            local_token_budget: None,
             fallback_to_local: true,
             candidates: 3,
             discover_cache_ms: 10_000,
@@ -206,7 +209,7 @@ impl Config {
                 format!("{} is outside 1..=16", self.routing.candidates),
             ));
         }
-        if self.routing.local_token_budget == 0 {
+        if self.routing.local_token_budget == Some(0) {
             return Err(ConfigError::invalid(
                 "routing.local_token_budget",
                 "must be at least 1",

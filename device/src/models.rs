@@ -69,21 +69,7 @@ pub fn default_models_dir() -> PathBuf {
     PathBuf::from("models")
 }
 
-/// Tandem's cache directory (imports of `.gguf` models, fetched model files):
-/// `$TANDEM_CACHE` if set, else `$XDG_CACHE_HOME/tandem`, else `$HOME/.cache/tandem`, else
-/// `.tandem-cache` in the working directory.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("TANDEM_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("tandem");
-    }
-    if let Some(h) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(h).join(".cache").join("tandem");
-    }
-    PathBuf::from(".tandem-cache")
-}
+pub use tandem_model::gguf::cache_dir;
 
 /// The model directory for a configured path: the path itself, or for a `.gguf` file its f16
 /// import under [`cache_dir`] (made on first use, silently; the `tandem` CLI shows progress).

@@ -104,6 +104,11 @@ pub struct DevOptions {
     pub nodes: usize,
     /// Directory holding `device/` and `server/` model directories.
     pub models_dir: PathBuf,
+    /// The device model instead of `<models_dir>/device` (a directory or a `.gguf` file).
+    pub device_model: Option<PathBuf>,
+    /// The server model instead of `<models_dir>/server` (a directory or a `.gguf` file, e.g.
+    /// the SmolLM2 GGUF `models/fetch-smollm2.sh` fetches: imported to f16 on first use).
+    pub server_model: Option<PathBuf>,
     /// The `tandem-node` executable (measured into the release and run as `serve`).
     pub node_binary: PathBuf,
     /// Gateway gRPC address (port 0 picks a free port).
@@ -123,6 +128,8 @@ impl DevOptions {
         Self {
             nodes: 2,
             models_dir: PathBuf::from("models"),
+            device_model: None,
+            server_model: None,
             node_binary,
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             write_config: None,
@@ -192,15 +199,35 @@ impl DevFleet {
             )));
         }
         let models = abs(&opts.models_dir)?;
-        for m in ["device", "server"] {
-            if !models.join(m).join("config.json").is_file() {
-                return Err(DevError::Usage(format!(
-                    "{} has no {m}/config.json; pass --models DIR with device/ and server/ \
-                     model directories (the repository's models/)",
-                    models.display()
-                )));
+        let mut model_paths = Vec::with_capacity(2);
+        for (m, given) in [
+            ("device", &opts.device_model),
+            ("server", &opts.server_model),
+        ] {
+            let path = match given {
+                Some(p) => abs(p)?,
+                None => models.join(m),
+            };
+            let gguf = path.is_file()
+                && path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+            if !gguf && !path.join("config.json").is_file() {
+                return Err(DevError::Usage(match given {
+                    Some(_) => format!(
+                        "--{m}-model {}: neither a model directory (no config.json) nor a .gguf file",
+                        path.display()
+                    ),
+                    None => format!(
+                        "{} has no {m}/config.json; pass --models DIR with device/ and server/ \
+                         model directories (the repository's models/), or --{m}-model PATH",
+                        models.display()
+                    ),
+                }));
             }
+            model_paths.push(path);
         }
+        let (device_model, server_model) = (model_paths[0].clone(), model_paths[1].clone());
         let binary = abs(&opts.node_binary)?;
         let state = tempfile::Builder::new()
             .prefix("tandem-dev-")
@@ -277,8 +304,8 @@ impl DevFleet {
         let release_path = dir.join("release.json");
         let node_config = NodeConfig::new(
             vec![
-                ModelConfig::new(models.join("device")),
-                ModelConfig::new(models.join("server")),
+                ModelConfig::new(device_model.clone()),
+                ModelConfig::new(server_model.clone()),
             ],
             log_url.clone(),
             log_vkey.clone(),
@@ -407,8 +434,8 @@ impl DevFleet {
             log_url: Some(log_url.clone()),
             ..tandem_device::Config::default()
         };
-        device_config.models.device = Some(models.join("device"));
-        device_config.models.server = Some(models.join("server"));
+        device_config.models.device = Some(device_model);
+        device_config.models.server = Some(server_model);
         if let Some(p) = &opts.write_config {
             // The device keeps the newest log checkpoint it verified beside its config.
             device_config.checkpoint_file = Some(abs(&p.with_extension("checkpoint"))?);

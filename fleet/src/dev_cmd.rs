@@ -20,6 +20,14 @@ pub struct Args {
     /// Directory holding the `device/` and `server/` models the nodes serve.
     #[arg(long, default_value = "models")]
     models: PathBuf,
+    /// The device model instead of `MODELS/device`: a model directory or a `.gguf` file.
+    #[arg(long, value_name = "PATH")]
+    device_model: Option<PathBuf>,
+    /// The server model instead of `MODELS/server`: a model directory or a `.gguf` file (e.g.
+    /// the SmolLM2 GGUF that `models/fetch-smollm2.sh` prints; imported to f16 into the cache
+    /// on first use).
+    #[arg(long, value_name = "PATH")]
+    server_model: Option<PathBuf>,
     /// Gateway gRPC address (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     gateway: SocketAddr,
@@ -53,6 +61,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut opts = DevOptions::new(exe);
     opts.nodes = a.nodes;
     opts.models_dir = a.models;
+    opts.device_model = a.device_model;
+    opts.server_model = a.server_model;
     opts.gateway_listen = a.gateway;
     opts.write_config = a.write_config.clone();
     opts.node_start_timeout = Duration::from_secs(a.node_start_timeout);

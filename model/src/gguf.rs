@@ -1141,6 +1141,28 @@ pub fn resolve_model_path(
     }
 }
 
+/// Tandem's cache directory (imports of `.gguf` models, fetched model files, the reference
+/// environments of the tests): `$TANDEM_CACHE` if set, else `$XDG_CACHE_HOME/tandem`, else
+/// `$HOME/.cache/tandem`, else `.tandem-cache` in the working directory.
+/// `models/fetch-smollm2.sh` uses the same rule.
+pub fn cache_dir() -> PathBuf {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(d) = var("TANDEM_CACHE") {
+        return d;
+    }
+    if let Some(d) = var("XDG_CACHE_HOME") {
+        return d.join("tandem");
+    }
+    if let Some(h) = var("HOME") {
+        return h.join(".cache").join("tandem");
+    }
+    PathBuf::from(".tandem-cache")
+}
+
 /// Whether `path` names a GGUF file (a regular file ending in `.gguf`).
 pub fn is_gguf(path: &Path) -> bool {
     path.is_file()

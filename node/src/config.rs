@@ -149,8 +149,10 @@ pub struct NodeConfig {
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The model directory (`config.json`, `*.safetensors`, `tokenizer.json`), as
-    /// `tandem_model::load_model` reads it. Its last path component names the model inside the
-    /// release (`<name>/config.json`), so it must be unique among the models.
+    /// `tandem_model::load_model` reads it, or a `.gguf` file (imported to f16 into Tandem's
+    /// cache on first start, `tandem_model::resolve_model_path`). Its last path component
+    /// (without `.gguf`) names the model inside the release (`<name>/config.json`), so it must
+    /// be unique among the models.
     pub dir: PathBuf,
     /// Adapters to serve, by directory name under `<dir>/adapters/`. Omitted: every
     /// subdirectory of `<dir>/adapters/`; empty list: none.
@@ -462,6 +464,14 @@ impl NodeConfig {
         let mut models = Vec::with_capacity(self.models.len());
         for (i, m) in self.models.iter().enumerate() {
             let dir = abs(&m.dir);
+            // A `.gguf` file stands for its f16 import in Tandem's cache (made on first use).
+            let dir = tandem_model::resolve_model_path(
+                &dir,
+                &tandem_model::gguf::cache_dir(),
+                tandem_model::DType::F16,
+                &mut |_| {},
+            )
+            .map_err(|e| invalid(format!("models[{i}].dir"), e.to_string()))?;
             if !dir.join("config.json").is_file() {
                 return Err(invalid(
                     format!("models[{i}].dir"),
@@ -550,10 +560,18 @@ impl NodeConfig {
     }
 }
 
-/// The model's name inside the release: the last component of its directory.
+/// The model's name inside the release: the last component of its directory (for a `.gguf`
+/// file, its name without the extension).
 pub fn model_name(dir: &Path) -> Option<String> {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+    let name = if dir
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        dir.file_stem()
+    } else {
+        dir.file_name()
+    };
+    name.map(|n| n.to_string_lossy().into_owned())
         .filter(|n| !n.is_empty())
 }
 

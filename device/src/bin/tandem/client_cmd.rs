@@ -313,11 +313,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
 /// turn, its oldest exchanges dropped to keep prompt + reply within the local token budget.
 fn chat_templated(client: &Client, a: &ChatArgs, p: &Prompter) -> Result<()> {
     let rt = runtime()?;
-    let budget = client
-        .config()
-        .routing
-        .local_token_budget
-        .saturating_sub(a.max_tokens as usize);
+    let budget = client.local_budget().saturating_sub(a.max_tokens as usize);
     eprintln!(
         "tandem chat: the conversation stays on this device (local route only; the model's chat template). Empty line or Ctrl-D ends."
     );
@@ -364,7 +360,7 @@ fn chat_templated(client: &Client, a: &ChatArgs, p: &Prompter) -> Result<()> {
 /// `tandem chat` for a model without a chat template: the lines so far, newline-separated.
 fn chat_plain(client: &Client, a: &ChatArgs) -> Result<()> {
     let rt = runtime()?;
-    let budget = client.config().routing.local_token_budget;
+    let budget = client.local_budget();
     eprintln!(
         "tandem chat: the conversation stays on this device (local route only). Empty line or Ctrl-D ends."
     );

@@ -196,7 +196,7 @@ fn ggml_dtype(code: u32) -> Option<GgmlDType> {
 /// Bytes of a tensor of `elements` elements of type `dt`, if the count fills whole blocks.
 fn tensor_bytes(dt: GgmlDType, elements: u64) -> Option<u64> {
     let block = dt.block_size() as u64;
-    (elements % block == 0).then(|| elements / block * dt.type_size() as u64)
+    elements.is_multiple_of(block).then(|| elements / block * dt.type_size() as u64)
 }
 
 impl GgufFile {
@@ -310,7 +310,7 @@ impl GgufFile {
             let mut elements: u64 = 1;
             for _ in 0..n_dims {
                 let d = h.u64(&name)?;
-                elements = elements.checked_mul(d).unwrap_or(u64::MAX);
+                elements = elements.saturating_mul(d);
                 dims.push(d);
             }
             if dims.contains(&0) || elements > MAX_TENSOR_ELEMENTS {
@@ -673,7 +673,7 @@ impl GgufFile {
         for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
             // llama.cpp token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
             let named = special_ids.values().any(|&s| s == i as u64);
-            if matches!(ty, 2 | 3 | 4) || named {
+            if matches!(ty, 2..=4) || named {
                 added.push(json!({
                     "id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
                     "normalized": false, "special": *ty != 4 || named,

@@ -85,7 +85,7 @@ pub struct Summary {
     pub prompt_tokens: u32,
     /// Generated tokens.
     pub completion_tokens: u32,
-    /// `stop`, `length` (or `eos`/`cancelled` locally).
+    /// `stop` (end of text or a stop string), `length`, or locally `cancelled`.
     pub finish_reason: String,
     /// For remote requests, the checked receipt.
     pub receipt: Option<VerifiedReceipt>,
@@ -478,7 +478,14 @@ impl Client {
             adapter_digest,
             prompt_tokens: g.prompt_tokens as u32,
             completion_tokens: g.tokens.len() as u32,
-            finish_reason: g.finish.as_str().to_string(),
+            // The node's vocabulary (and OpenAI's): an end-of-text token or a stop string is
+            // `stop` wherever the request ran.
+            finish_reason: match g.finish {
+                tandem_model::FinishReason::Eos | tandem_model::FinishReason::StopString => {
+                    "stop".to_string()
+                }
+                other => other.as_str().to_string(),
+            },
             receipt: None,
         };
         let _ = tx.send(Ok(Event::Done(Box::new(summary)))).await;

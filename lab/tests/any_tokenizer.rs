@@ -35,15 +35,28 @@ fn perplexity_and_calibrated_palletize_use_the_models_eos() {
     tandem_model::import_gguf(&gguf, &model, tandem_model::DType::F32, &mut |_| {})
         .expect("import");
     let tk = std::fs::read_to_string(model.join("tokenizer.json")).expect("tokenizer");
-    assert!(!tk.contains("<|endoftext|>"), "the fixture must not have Tandem's EOT");
+    assert!(
+        !tk.contains("<|endoftext|>"),
+        "the fixture must not have Tandem's EOT"
+    );
 
     let text = tmp.path().join("text.txt");
     let doc = "the tea that the cat ate at ten, then the rat; ".repeat(6);
-    std::fs::write(&text, format!("{doc}\n<|endoftext|>\n{doc}\n<|endoftext|>\n{doc}\n"))
-        .expect("text");
+    std::fs::write(
+        &text,
+        format!("{doc}\n<|endoftext|>\n{doc}\n<|endoftext|>\n{doc}\n"),
+    )
+    .expect("text");
 
     let (ok, out, err) = tandem_lab(&[
-        "eval", "perplexity", "--model", &s(&model), "--text", &s(&text), "--seq-len", "16",
+        "eval",
+        "perplexity",
+        "--model",
+        &s(&model),
+        "--text",
+        &s(&text),
+        "--seq-len",
+        "16",
         "--json",
     ]);
     assert!(ok, "perplexity failed: {err}");
@@ -62,10 +75,26 @@ fn perplexity_and_calibrated_palletize_use_the_models_eos() {
 
     let out_dir = tmp.path().join("pallet");
     let (ok, _, err) = tandem_lab(&[
-        "palletize", "--model", &s(&model), "--bpw", "3", "--calibration", &s(&text),
-        "--seq-len", "16", "--windows", "4", "--out", &s(&out_dir), "--json",
+        "palletize",
+        "--model",
+        &s(&model),
+        "--bpw",
+        "3",
+        "--calibration",
+        &s(&text),
+        "--seq-len",
+        "16",
+        "--windows",
+        "4",
+        "--out",
+        &s(&out_dir),
+        "--json",
     ]);
     assert!(ok, "palletize --calibration failed: {err}");
-    tandem_model::load_model(&out_dir, tandem_model::DType::F32, &tandem_model::Device::Cpu)
-        .expect("the palletized model loads");
+    tandem_model::load_model(
+        &out_dir,
+        tandem_model::DType::F32,
+        &tandem_model::Device::Cpu,
+    )
+    .expect("the palletized model loads");
 }

@@ -196,7 +196,9 @@ fn ggml_dtype(code: u32) -> Option<GgmlDType> {
 /// Bytes of a tensor of `elements` elements of type `dt`, if the count fills whole blocks.
 fn tensor_bytes(dt: GgmlDType, elements: u64) -> Option<u64> {
     let block = dt.block_size() as u64;
-    elements.is_multiple_of(block).then(|| elements / block * dt.type_size() as u64)
+    elements
+        .is_multiple_of(block)
+        .then(|| elements / block * dt.type_size() as u64)
 }
 
 impl GgufFile {

@@ -4,6 +4,8 @@
 //! fleet, a wrong token, an unknown model, a too-long prompt, unsupported fields, the busy
 //! queue and cancellation by disconnect; and SIGTERM ends the daemon with status 0.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::ffi::OsStr;
 
 use tandem_tests::daemon::{DaemonRun, run_py};

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tandem/v1/node.proto",
         "proto/tandem/v1/log.proto",
         "proto/tandem/v1/inference.proto",
+        "proto/tandem/v1/device.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

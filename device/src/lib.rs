@@ -36,9 +36,12 @@
 pub mod checkpoints;
 pub mod client;
 pub mod config;
+#[cfg(feature = "daemon")]
+pub mod daemon;
 pub mod error;
 pub mod local;
 pub mod models;
+pub mod prompt;
 pub mod remote;
 pub mod router;
 

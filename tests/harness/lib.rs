@@ -15,6 +15,7 @@
 )]
 
 pub mod bins;
+pub mod daemon;
 pub mod device;
 pub mod fleet;
 pub mod node;

@@ -30,7 +30,7 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
-    fn load(&self) -> Result<Config> {
+    pub fn load(&self) -> Result<Config> {
         let mut c = match &self.config {
             Some(p) => Config::load(p)?,
             None => Config::default(),
@@ -332,7 +332,8 @@ fn chat_templated(client: &Client, a: &ChatArgs, p: &Prompter) -> Result<()> {
             break;
         }
         history.push(Message::new("user", line.trim_end()));
-        let (prompt, dropped) = fit_history(&mut history, budget, |m| p.prompt(m), |t| p.count(t))?;
+        let (prompt, dropped) =
+            fit_history(&mut history, budget, |m| Ok(p.prompt(m)?), |t| p.count(t))?;
         if dropped > 0 {
             eprintln!(
                 "[dropped the oldest {dropped} exchange(s) to keep the prompt within {budget} tokens]"

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod chat_template_cmd;
 mod client_cmd;
 mod model_cmd;
+mod serve_cmd;
 
 /// Tandem: private split inference.
 #[derive(Debug, Parser)]
@@ -31,6 +32,8 @@ enum Command {
     /// Local model commands (generate, inspect, chat-template).
     #[command(subcommand)]
     Model(model_cmd::Cmd),
+    /// The device daemon: gRPC `tandem.v1.Device` and an OpenAI-compatible API for every app.
+    Serve(serve_cmd::ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Nodes(a) => client_cmd::nodes(a),
         Command::Config(c) => client_cmd::config(c),
         Command::Model(c) => c.run(),
+        Command::Serve(a) => serve_cmd::serve(a),
     }
 }

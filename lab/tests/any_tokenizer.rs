@@ -80,6 +80,9 @@ fn perplexity_and_calibrated_palletize_use_the_models_eos() {
         &s(&model),
         "--bpw",
         "3",
+        // 259 vocabulary rows: one table per row.
+        "--group-size",
+        "1",
         "--calibration",
         &s(&text),
         "--seq-len",

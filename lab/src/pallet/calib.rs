@@ -35,6 +35,9 @@ pub struct CalibOptions {
     /// For a tied embedding, the ridge added to the head's Gram matrix, as a fraction of its
     /// mean diagonal: the same matrix is also a lookup table, where every column counts alike.
     pub embed_ridge: f64,
+    /// Rows per table of the embedding (and an untied head) instead of the plan's group size:
+    /// an 8-bit table of 256 entries per row would cost more than the indices.
+    pub embed_group_size: Option<usize>,
 }
 
 impl Default for CalibOptions {
@@ -42,6 +45,7 @@ impl Default for CalibOptions {
         CalibOptions {
             gptq: GptqOptions::default(),
             embed_ridge: 0.1,
+            embed_group_size: None,
         }
     }
 }
@@ -292,7 +296,8 @@ pub fn palletize_calibrated(
         if let Some(&bits) = plan.bits.get(EMBED) {
             let [rows, cols] = ops[EMBED];
             let values = run.c.get(EMBED)?.flatten_all()?.to_vec1::<f32>()?;
-            let m = quantize_matrix(&values, rows, cols, bits, plan.group_size, None)?;
+            let gs = opts.embed_group_size.unwrap_or(plan.group_size);
+            let m = quantize_matrix(&values, rows, cols, bits, gs, None)?;
             run.out.insert(EMBED.to_string(), m);
             (run.progress)(EMBED);
         }
@@ -323,16 +328,12 @@ impl<P: FnMut(&str)> Run<'_, P> {
         };
         let [rows, cols] = self.ops[name];
         let values = w.flatten_all()?.to_vec1::<f32>()?;
-        let m = gptq_palletize(
-            &values,
-            rows,
-            cols,
-            bits,
-            self.plan.group_size,
-            h,
-            &self.opts.gptq,
-        )
-        .map_err(|e| UsageError::Pallet(format!("`{name}`: {e}")))?;
+        let group_size = match self.opts.embed_group_size {
+            Some(g) if name == EMBED || name == LM_HEAD => g,
+            _ => self.plan.group_size,
+        };
+        let m = gptq_palletize(&values, rows, cols, bits, group_size, h, &self.opts.gptq)
+            .map_err(|e| UsageError::Pallet(format!("`{name}`: {e}")))?;
         let q = Tensor::from_vec(m.dequantize(), (rows, cols), &Device::Cpu)?;
         let y = linear(x, &w)?;
         let yq = linear(x, &q)?;

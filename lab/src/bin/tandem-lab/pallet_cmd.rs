@@ -13,7 +13,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tandem_lab::pallet::{
-    CalibOptions, PalletPlan, Palletize, allocate_bits, palletize_calibrated, plan_except,
+    CalibOptions, PalletPlan, Palletize, allocate_bits, calib, palletize_calibrated, plan_except,
     sensitivities,
 };
 use tandem_lab::train::tokenizer::end_of_text_id;
@@ -74,6 +74,13 @@ pub struct PalletizeArgs {
     /// diagonal), for its use as a lookup table.
     #[arg(long, default_value_t = 0.1)]
     pub embed_ridge: f64,
+    /// With --calibrated: index bits of the embedding / output head (2, 4 or 8) instead of
+    /// the plan's; it is then left out of the bit allocation.
+    #[arg(long)]
+    pub embed_bits: Option<u64>,
+    /// With --calibrated: rows per table of the embedding / output head.
+    #[arg(long)]
+    pub embed_group_size: Option<usize>,
     /// Calibration text for the sensitivity measurement (documents separated by
     /// `<|endoftext|>` lines; use training text, not the held-out split).
     #[arg(long)]
@@ -394,11 +401,27 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
     let mut base_loss = None;
     let copts = CalibOptions {
         embed_ridge: a.embed_ridge,
+        embed_group_size: a.embed_group_size,
         ..CalibOptions::default()
     };
+    let embed_bits = match a.embed_bits {
+        None => None,
+        Some(b) if a.calibrated => {
+            Some(Bits::from_bits(b).with_context(|| format!("--embed-bits {b}: use 2, 4 or 8"))?)
+        }
+        Some(_) => bail!("--embed-bits needs --calibrated"),
+    };
+    let is_embed = |n: &str| n == calib::EMBED || n == calib::LM_HEAD;
+    // The operations the bit allocation decides.
+    let ops: Vec<(String, [usize; 2])> = ops
+        .into_iter()
+        .filter(|(n, _)| embed_bits.is_none() || !is_embed(n))
+        .collect();
     let bits = if mixed && a.calibrated {
         let pb = bar(a.json, ops.len(), "sensitivity (2-bit pass)");
-        let all2 = plan_except(model, Bits::B2, a.group_size, &a.dense);
+        let mut all2 = plan_except(model, Bits::B2, a.group_size, &a.dense);
+        all2.bits
+            .retain(|n, _| embed_bits.is_none() || !is_embed(n));
         let (_, fits) = palletize_calibrated(model, &windows, &all2, &copts, |name| {
             pb.set_message(name.to_string());
             pb.inc(1);
@@ -441,6 +464,14 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
         let b = if a.bpw >= 4.0 { Bits::B4 } else { Bits::B2 };
         ops.iter().map(|(n, _)| (n.clone(), b)).collect()
     };
+    let mut bits = bits;
+    if let Some(b) = embed_bits {
+        for n in [calib::EMBED, calib::LM_HEAD] {
+            if shapes.contains_key(n) {
+                bits.insert(n.to_string(), b);
+            }
+        }
+    }
     let plan = PalletPlan {
         bits,
         group_size: a.group_size,
@@ -479,7 +510,10 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
     std::fs::copy(a.model.join("tokenizer.json"), a.out.join("tokenizer.json"))
         .context("copying tokenizer.json")?;
     let out = load_model(&a.out, DType::F32, &dev).context("re-loading the palletized model")?;
-    let params: usize = shapes.values().map(|[r, c]| r * c).sum();
+    // Bits per palletized weight, tables included (dense operations are not counted).
+    let pallets = out.model.pallet_matrices();
+    let params: usize = pallets.values().map(|m| m.rows() * m.cols()).sum();
+    let pallet_bytes: usize = pallets.values().map(|m| m.byte_size()).sum();
     let n2 = plan.bits.values().filter(|b| **b == Bits::B2).count();
     let f16_bytes = 2 * model.config().parameter_count();
     let v = json!({
@@ -487,7 +521,7 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
         "digest": out.digest.to_string(),
         "target_bpw": a.bpw,
         "index_bpw": plan.average_bits(&shapes),
-        "effective_bpw": 8.0 * out.model.weight_bytes() as f64 / params as f64,
+        "effective_bpw": 8.0 * pallet_bytes as f64 / params.max(1) as f64,
         "group_size": a.group_size,
         "ops": plan.bits.len(),
         "ops_2bit": n2,

@@ -12,7 +12,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tandem_lab::pallet::{PalletPlan, Palletize, allocate_bits, sensitivities};
+use tandem_lab::pallet::{
+    CalibOptions, PalletPlan, Palletize, allocate_bits, calib, palletize_calibrated, plan_except,
+    sensitivities,
+};
 use tandem_lab::train::tokenizer::end_of_text_id;
 use tandem_lab::train::trainer::eval_loss;
 use tandem_model::pallet::{Bits, OpInfo, PalletFile, kernel};
@@ -57,6 +60,27 @@ pub struct PalletizeArgs {
     /// Output rows sharing one lookup table (must divide every matrix's row count).
     #[arg(long, default_value_t = 16)]
     pub group_size: usize,
+    /// Keep operations whose name contains this text dense (repeatable), e.g.
+    /// `--dense embed_tokens` to measure the effect of palletizing the embedding.
+    #[arg(long)]
+    pub dense: Vec<String>,
+    /// Fit every matrix against its inputs on the calibration text, layer by layer
+    /// (activation-weighted tables, GPTQ error feedback, table refit); needs --calibration.
+    /// For a mix, each operation's sensitivity is then its relative output error at 2 bits
+    /// from one calibrated 2-bit pass (minutes) instead of a loss evaluation per operation.
+    #[arg(long)]
+    pub calibrated: bool,
+    /// With --calibrated: ridge on the tied embedding's Gram matrix (fraction of its mean
+    /// diagonal), for its use as a lookup table.
+    #[arg(long, default_value_t = 0.1)]
+    pub embed_ridge: f64,
+    /// With --calibrated: index bits of the embedding / output head (2, 4 or 8) instead of
+    /// the plan's; it is then left out of the bit allocation.
+    #[arg(long)]
+    pub embed_bits: Option<u64>,
+    /// With --calibrated: rows per table of the embedding / output head.
+    #[arg(long)]
+    pub embed_group_size: Option<usize>,
     /// Calibration text for the sensitivity measurement (documents separated by
     /// `<|endoftext|>` lines; use training text, not the held-out split).
     #[arg(long)]
@@ -337,7 +361,11 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
     let m = load_model(&a.model, DType::F32, &dev)
         .with_context(|| format!("loading model {}", a.model.display()))?;
     let model = &m.model;
-    let ops = model.palletizable_ops();
+    let ops: Vec<(String, [usize; 2])> = model
+        .palletizable_ops()
+        .into_iter()
+        .filter(|(n, _)| !a.dense.iter().any(|d| n.contains(d.as_str())))
+        .collect();
     let shapes: BTreeMap<String, [usize; 2]> = ops.iter().cloned().collect();
 
     // Calibration windows (only needed for a mix).
@@ -351,7 +379,7 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
             &tok_bytes,
             end_of_text_id(model.config(), &m.tokenizer)?,
         )?),
-        None if mixed => bail!(
+        None if mixed || a.calibrated => bail!(
             "--bpw {} mixes 2- and 4-bit operations by measured sensitivity: pass --calibration FILE (training text, e.g. data/corpus/train.txt)",
             a.bpw
         ),
@@ -371,7 +399,51 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
     // 1. Sensitivities, 2. allocation.
     let mut info: BTreeMap<String, OpInfo> = BTreeMap::new();
     let mut base_loss = None;
-    let bits = if mixed {
+    let copts = CalibOptions {
+        embed_ridge: a.embed_ridge,
+        embed_group_size: a.embed_group_size,
+        ..CalibOptions::default()
+    };
+    let embed_bits = match a.embed_bits {
+        None => None,
+        Some(b) if a.calibrated => {
+            Some(Bits::from_bits(b).with_context(|| format!("--embed-bits {b}: use 2, 4 or 8"))?)
+        }
+        Some(_) => bail!("--embed-bits needs --calibrated"),
+    };
+    let is_embed = |n: &str| n == calib::EMBED || n == calib::LM_HEAD;
+    // The operations the bit allocation decides.
+    let ops: Vec<(String, [usize; 2])> = ops
+        .into_iter()
+        .filter(|(n, _)| embed_bits.is_none() || !is_embed(n))
+        .collect();
+    let bits = if mixed && a.calibrated {
+        let pb = bar(a.json, ops.len(), "sensitivity (2-bit pass)");
+        let mut all2 = plan_except(model, Bits::B2, a.group_size, &a.dense);
+        all2.bits
+            .retain(|n, _| embed_bits.is_none() || !is_embed(n));
+        let (_, fits) = palletize_calibrated(model, &windows, &all2, &copts, |name| {
+            pb.set_message(name.to_string());
+            pb.inc(1);
+        })?;
+        pb.finish_and_clear();
+        let sens: Vec<(String, usize, f64)> = ops
+            .iter()
+            .map(|(n, [r, c])| {
+                let e = fits.get(n).map_or(0.0, |f| f.relative_error);
+                (n.clone(), r * c, e * (r * c) as f64)
+            })
+            .collect();
+        for (n, _, s) in &sens {
+            info.insert(
+                n.clone(),
+                OpInfo {
+                    sensitivity: Some(*s),
+                },
+            );
+        }
+        allocate_bits(&sens, a.bpw)?
+    } else if mixed {
         let pb = bar(a.json, ops.len(), "sensitivity");
         let (base, sens) = sensitivities(model, &windows, a.group_size, |name| {
             pb.set_message(name.to_string());
@@ -392,6 +464,14 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
         let b = if a.bpw >= 4.0 { Bits::B4 } else { Bits::B2 };
         ops.iter().map(|(n, _)| (n.clone(), b)).collect()
     };
+    let mut bits = bits;
+    if let Some(b) = embed_bits {
+        for n in [calib::EMBED, calib::LM_HEAD] {
+            if shapes.contains_key(n) {
+                bits.insert(n.to_string(), b);
+            }
+        }
+    }
     let plan = PalletPlan {
         bits,
         group_size: a.group_size,
@@ -404,7 +484,14 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
         ProgressBar::new_spinner().with_message(format!("palletizing {} operations", ops.len()))
     };
     spinner.enable_steady_tick(Duration::from_millis(200));
-    let pm = model.palletize(&plan, &BTreeMap::new())?;
+    let pm = if a.calibrated {
+        palletize_calibrated(model, &windows, &plan, &copts, |name| {
+            spinner.set_message(name.to_string())
+        })?
+        .0
+    } else {
+        model.palletize(&plan, &BTreeMap::new())?
+    };
     spinner.finish_and_clear();
     let calib_loss = if windows.is_empty() {
         None
@@ -423,7 +510,10 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
     std::fs::copy(a.model.join("tokenizer.json"), a.out.join("tokenizer.json"))
         .context("copying tokenizer.json")?;
     let out = load_model(&a.out, DType::F32, &dev).context("re-loading the palletized model")?;
-    let params: usize = shapes.values().map(|[r, c]| r * c).sum();
+    // Bits per palletized weight, tables included (dense operations are not counted).
+    let pallets = out.model.pallet_matrices();
+    let params: usize = pallets.values().map(|m| m.rows() * m.cols()).sum();
+    let pallet_bytes: usize = pallets.values().map(|m| m.byte_size()).sum();
     let n2 = plan.bits.values().filter(|b| **b == Bits::B2).count();
     let f16_bytes = 2 * model.config().parameter_count();
     let v = json!({
@@ -431,7 +521,7 @@ fn palletize(a: &PalletizeArgs) -> Result<()> {
         "digest": out.digest.to_string(),
         "target_bpw": a.bpw,
         "index_bpw": plan.average_bits(&shapes),
-        "effective_bpw": 8.0 * out.model.weight_bytes() as f64 / params as f64,
+        "effective_bpw": 8.0 * pallet_bytes as f64 / params.max(1) as f64,
         "group_size": a.group_size,
         "ops": plan.bits.len(),
         "ops_2bit": n2,

@@ -166,7 +166,8 @@ async fn stateless_no_canary_in_output_and_sigterm_drains() {
     );
     let mut c2 = c.clone();
     let long = tokio::spawn(async move { submit(&mut c2, sealed, ctx).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Soon after the stream starts: the embedded model streams its 200 tokens in about 0.4 s.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let kill = Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::real_model::repo_file;
+use crate::real_model::{repo_file, script};
 
 /// A running `tandem serve`.
 pub struct DaemonRun {
@@ -105,21 +105,7 @@ impl Drop for DaemonRun {
 
 /// The python of the pinned client environment (`scripts/py/venv.sh`, made once).
 pub fn python() -> PathBuf {
-    let script = repo_file("scripts/py/venv.sh");
-    let out = Command::new(&script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{} failed:\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    )
+    PathBuf::from(script("scripts/py/venv.sh", &[]))
 }
 
 /// Runs `tests/py/<script>` with `args`; panics with its output unless it succeeds. Returns

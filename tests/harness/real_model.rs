@@ -21,7 +21,7 @@ pub fn repo_file(rel: &str) -> PathBuf {
 }
 
 /// Runs a repository script and returns the last line it printed on stdout.
-fn script(rel: &str, args: &[&str]) -> String {
+pub fn script(rel: &str, args: &[&str]) -> String {
     let path = repo_root().join(rel);
     let out = Command::new(&path)
         .args(args)

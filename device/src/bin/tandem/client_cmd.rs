@@ -339,23 +339,36 @@ fn chat_templated(client: &Client, a: &ChatArgs, p: &Prompter) -> Result<()> {
                 "[dropped the oldest {dropped} exchange(s) to keep the prompt within {budget} tokens]"
             );
         }
-        let req = GenerateRequest {
-            prompt,
-            model: ModelChoice::Device,
-            adapter: a.adapter.clone(),
-            max_new_tokens: a.max_tokens,
-            temperature: a.temperature,
-            top_p: None,
-            seed: turn,
-            route: RouteChoice::Local,
-        };
+        let text = chat_turn(client, &rt, a, prompt, turn)?;
         turn += 1;
-        let mut stdout = std::io::stdout();
-        let (text, _, _, _) = rt.block_on(run_one(client, req, Some(&mut stdout), "thinking…"))?;
-        println!();
         history.push(Message::new("assistant", text.trim()));
     }
     Ok(())
+}
+
+/// One reply of `tandem chat`: `prompt` run locally on the device model (seed `turn`), streamed
+/// to stdout; returns its text.
+fn chat_turn(
+    client: &Client,
+    rt: &tokio::runtime::Runtime,
+    a: &ChatArgs,
+    prompt: String,
+    turn: u64,
+) -> Result<String> {
+    let req = GenerateRequest {
+        prompt,
+        model: ModelChoice::Device,
+        adapter: a.adapter.clone(),
+        max_new_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_p: None,
+        seed: turn,
+        route: RouteChoice::Local,
+    };
+    let mut stdout = std::io::stdout();
+    let (text, _, _, _) = rt.block_on(run_one(client, req, Some(&mut stdout), "thinking…"))?;
+    println!();
+    Ok(text)
 }
 
 /// `tandem chat` for a model without a chat template: the lines so far, newline-separated.
@@ -386,20 +399,8 @@ fn chat_plain(client: &Client, a: &ChatArgs) -> Result<()> {
         if prompt.is_empty() {
             prompt = line.trim_end().to_string();
         }
-        let req = GenerateRequest {
-            prompt,
-            model: ModelChoice::Device,
-            adapter: a.adapter.clone(),
-            max_new_tokens: a.max_tokens,
-            temperature: a.temperature,
-            top_p: None,
-            seed: turn,
-            route: RouteChoice::Local,
-        };
+        let text = chat_turn(client, &rt, a, prompt, turn)?;
         turn += 1;
-        let mut stdout = std::io::stdout();
-        let (text, _, _, _) = rt.block_on(run_one(client, req, Some(&mut stdout), "thinking…"))?;
-        println!();
         history.push_str(text.trim());
         history.push('\n');
     }

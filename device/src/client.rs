@@ -114,7 +114,10 @@ pub enum Event {
 /// next token; the remote RPC is dropped, which cancels it at the gateway and node).
 #[derive(Debug)]
 pub struct EventStream {
-    rx: mpsc::Receiver<Result<Event, Error>>,
+    // Unbounded: a remote stream cannot be paused (its callback is synchronous), and a text
+    // delta must never be dropped because the app reads slowly. The stream is bounded anyway
+    // by `max_new_tokens`.
+    rx: mpsc::UnboundedReceiver<Result<Event, Error>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -329,11 +332,24 @@ impl Client {
 
     /// Starts a generation. Must be called inside a tokio runtime.
     pub fn generate(&self, req: GenerateRequest) -> EventStream {
-        let (tx, rx) = mpsc::channel(64);
+        self.generate_gated(req, None)
+    }
+
+    /// [`Client::generate`], where a fallback to the device (the remote path failed before its
+    /// first chunk) first takes a permit of `local_slots` and holds it while it runs: a host
+    /// that bounds how many local generations run at once (the daemon's queue) bounds the
+    /// fallbacks too. A request routed locally from the start is not gated here: the caller
+    /// admits it before calling.
+    pub fn generate_gated(
+        &self,
+        req: GenerateRequest,
+        local_slots: Option<Arc<tokio::sync::Semaphore>>,
+    ) -> EventStream {
+        let (tx, rx) = mpsc::unbounded_channel();
         let client = self.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = client.run(req, &tx).await {
-                let _ = tx.send(Err(e)).await;
+            if let Err(e) = client.run(req, &tx, local_slots).await {
+                let _ = tx.send(Err(e));
             }
         });
         EventStream { rx, task }
@@ -342,7 +358,8 @@ impl Client {
     async fn run(
         &self,
         req: GenerateRequest,
-        tx: &mpsc::Sender<Result<Event, Error>>,
+        tx: &mpsc::UnboundedSender<Result<Event, Error>>,
+        local_slots: Option<Arc<tokio::sync::Semaphore>>,
     ) -> Result<(), Error> {
         if req.prompt.is_empty() {
             return Err(Error::Route("the prompt is empty".into()));
@@ -392,9 +409,7 @@ impl Client {
         let result = remote
             .run(
                 &job,
-                |text, token_ids| {
-                    tx2.try_send(Ok(Event::Text { text, token_ids })).is_ok() || !tx2.is_closed()
-                },
+                |text, token_ids| tx2.send(Ok(Event::Text { text, token_ids })).is_ok(),
                 &mut started,
             )
             .await;
@@ -411,7 +426,7 @@ impl Client {
                     finish_reason: receipt.finish_reason.clone(),
                     receipt: Some(receipt),
                 };
-                let _ = tx.send(Ok(Event::Done(Box::new(summary)))).await;
+                let _ = tx.send(Ok(Event::Done(Box::new(summary))));
                 Ok(())
             }
             Err(e) => {
@@ -428,11 +443,15 @@ impl Client {
                     return Err(e.into());
                 }
                 let reason = format!("remote failed before the first chunk ({e}); ran locally");
-                let _ = tx
-                    .send(Ok(Event::Fallback {
-                        reason: e.to_string(),
-                    }))
-                    .await;
+                let _ = tx.send(Ok(Event::Fallback {
+                    reason: e.to_string(),
+                }));
+                let _permit = match local_slots {
+                    Some(slots) => Some(slots.acquire_owned().await.map_err(|_| {
+                        Error::Route("the local queue closed (shutting down)".into())
+                    })?),
+                    None => None,
+                };
                 self.run_local(&req, &sampling, reason, tx).await
             }
         }
@@ -443,7 +462,7 @@ impl Client {
         req: &GenerateRequest,
         sampling: &Sampling,
         reason: String,
-        tx: &mpsc::Sender<Result<Event, Error>>,
+        tx: &mpsc::UnboundedSender<Result<Event, Error>>,
     ) -> Result<(), Error> {
         let engine = self.load_local().await?;
         let tx2 = tx.clone();
@@ -456,7 +475,7 @@ impl Client {
                     text: text.to_string(),
                     token_ids: ids.to_vec(),
                 };
-                if tx2.blocking_send(Ok(ev)).is_err() {
+                if tx2.send(Ok(ev)).is_err() {
                     std::ops::ControlFlow::Break(())
                 } else {
                     std::ops::ControlFlow::Continue(())
@@ -488,7 +507,7 @@ impl Client {
             },
             receipt: None,
         };
-        let _ = tx.send(Ok(Event::Done(Box::new(summary)))).await;
+        let _ = tx.send(Ok(Event::Done(Box::new(summary))));
         Ok(())
     }
 }

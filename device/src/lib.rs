@@ -32,12 +32,15 @@
 //!   consistent with it.
 //! - [`remote`]: discover → verify → seal → submit → open → check the receipt.
 //! - [`client`]: [`Client`] and the event stream.
+//! - [`daemon_client`]: a thin client for the device daemon (`tandem serve`) over its Unix
+//!   socket or loopback TCP, for apps that share the device's one daemon.
 
 pub mod checkpoints;
 pub mod client;
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+pub mod daemon_client;
 pub mod error;
 pub mod local;
 pub mod models;

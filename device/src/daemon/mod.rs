@@ -31,7 +31,8 @@ use crate::models::ModelChoice;
 use crate::prompt::{Prompter, plain_prompt};
 use crate::router::{Route, RouteChoice};
 
-pub use serve::{ServeOptions, Served, default_socket_path, serve};
+pub use crate::daemon_client::default_socket_path;
+pub use serve::{ServeOptions, Served, serve};
 use stop::StopMatcher;
 
 /// Most stop sequences one request may give (OpenAI's limit).
@@ -469,7 +470,14 @@ impl Daemon {
             Route::Local => Some(self.queue.admit().await?),
             Route::Remote => None,
         };
-        let events = self.client.generate(req.clone());
+        // A remote request that falls back to the device waits for a local slot like any
+        // local request (it was admitted already, so it waits rather than being refused).
+        let events = match decision.route {
+            Route::Local => self.client.generate(req.clone()),
+            Route::Remote => self
+                .client
+                .generate_gated(req.clone(), Some(self.queue.slots.clone())),
+        };
         Ok(Generation {
             events: Some(events),
             _permit: permit,

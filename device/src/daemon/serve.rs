@@ -74,21 +74,6 @@ impl ServeOptions {
     }
 }
 
-/// The default socket: `$XDG_RUNTIME_DIR/tandem/daemon.sock`, else
-/// `<temp dir>/tandem-$USER/daemon.sock` (the directory is made 0700 and must not be open to
-/// others).
-pub fn default_socket_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(d) => PathBuf::from(d).join("tandem").join("daemon.sock"),
-        None => {
-            let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
-            std::env::temp_dir()
-                .join(format!("tandem-{user}"))
-                .join("daemon.sock")
-        }
-    }
-}
-
 fn io(msg: String) -> std::io::Error {
     std::io::Error::other(msg)
 }

@@ -26,7 +26,10 @@ use tandem_tests::fleet::models_dir;
 const PROMPT: &str = "The capital of France is";
 
 fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
-    std::env::var(k).ok().and_then(|s| s.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(d)
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -174,8 +177,8 @@ fn main() {
         "--queue",
         &(clients * 2).to_string(),
     ]);
-    let sdk = Client::new(Config::from_json(&serde_json::to_vec(&config).unwrap()).unwrap())
-        .unwrap();
+    let sdk =
+        Client::new(Config::from_json(&serde_json::to_vec(&config).unwrap()).unwrap()).unwrap();
     let rt = tandem_service::runtime(2).unwrap();
     let http = reqwest::Client::new();
     let url = daemon.url();
@@ -188,7 +191,10 @@ fn main() {
         "daemon overhead: model {}, {tokens} new tokens, {iters} interleaved rounds, RAYON_NUM_THREADS={threads}, {} cores, load average at start: {}",
         model.display(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let (mut a, mut b, mut h) = (Timing::default(), Timing::default(), Timing::default());
     rt.block_on(async {
@@ -277,6 +283,9 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "load average at end: {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 }

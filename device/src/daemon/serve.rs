@@ -20,6 +20,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt as _;
 
 use super::{Daemon, DaemonError, grpc, openai};
 
@@ -206,6 +207,11 @@ pub async fn serve(
             .await
             .map_err(|e| io(format!("binding {addr}: {e}")))?;
         served.tcp.push(l.local_addr()?);
+        // Every text delta is its own small write: without TCP_NODELAY, Nagle's algorithm
+        // holds a delta back until the previous one is acknowledged.
+        let l = l.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let s = axum::serve(l, app.clone()).with_graceful_shutdown(stopped());
         tasks.spawn(async move { s.await });
     }

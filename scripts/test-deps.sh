@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The Debian packages the tests need: libtss2 (the node's TPM root of trust links it) and the
-# swtpm TPM simulator (the TPM tests start one). Run as root, this installs whichever are
-# missing; otherwise it stops at once (exit 2) and prints the command that installs them.
+# The Debian packages the tests need: libtss2 (the node's TPM root of trust links it), the
+# swtpm TPM simulator (the TPM tests start one) and kubectl (the manifest tests render with
+# it). Run as root, this installs whichever are missing; otherwise it stops at once (exit 2)
+# and prints the command that installs them.
 # Called by scripts/test.sh (the README's test command) and by .ci/run before the lints.
 set -euo pipefail
 
@@ -12,6 +13,9 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# `kubectl kustomize` renders the Kubernetes manifests (tests/kubernetes.rs). Any kubectl on
+# PATH will do (e.g. the Kubernetes project's own packages); Debian's is kubernetes-client.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 ((${#missing[@]})) || exit 0
 
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

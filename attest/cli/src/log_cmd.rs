@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use tandem_attest::log::NoteSigner;
+use tandem_attest::log::{NoteSigner, NoteVerifier};
 use tandem_log::server;
 use tandem_log::store::LogStore;
 
@@ -94,6 +94,31 @@ enum LogCommand {
         /// Index of the entry in the log.
         #[arg(long)]
         index: u64,
+        /// Also write the proof as a C2SP tlog-proof (`c2sp.org/tlog-proof@v1`) to this file,
+        /// for offline verification (`attest log verify-proof`).
+        #[arg(long, value_name = "FILE")]
+        tlog_proof: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a C2SP tlog-proof offline (no log round trip): the checkpoint's signature under
+    /// the log key (and witness cosignatures if asked), and the entry's inclusion path.
+    VerifyProof {
+        /// The `.tlog-proof` file.
+        proof: PathBuf,
+        /// File holding the entry (`-` for standard input).
+        #[arg(long)]
+        entry: PathBuf,
+        /// The log's verifier key (`name+id+base64`), or a file holding it.
+        #[arg(long = "log-key")]
+        log_key: String,
+        /// A witness's cosigner verifier key (repeatable).
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// How many of the given witnesses must have cosigned (default: all of them).
+        #[arg(long)]
+        witnesses_required: Option<usize>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -178,6 +203,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
             target,
             file,
             index,
+            tlog_proof,
             json,
         } => {
             let entry = read_input(&file)?;
@@ -186,9 +212,25 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
                 &load_vkey(&target.log_key)?,
                 &entry,
                 index,
+                tlog_proof.as_deref(),
                 json,
             ))
         }
+        LogCommand::VerifyProof {
+            proof,
+            entry,
+            log_key,
+            witnesses,
+            witnesses_required,
+            json,
+        } => verify_proof(
+            &proof,
+            &read_input(&entry)?,
+            &load_vkey(&log_key)?,
+            &witnesses,
+            witnesses_required,
+            json,
+        ),
         LogCommand::Audit {
             target,
             checkpoint,
@@ -277,4 +319,68 @@ async fn serve(store: LogStore, listen: &str) -> anyhow::Result<()> {
         })
         .await
         .context("serving HTTP")
+}
+
+/// `attest log verify-proof`: a C2SP tlog-proof checked offline.
+fn verify_proof(
+    path: &Path,
+    entry: &[u8],
+    log: &NoteVerifier,
+    witnesses: &[String],
+    required: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let proof = tandem_attest::log::TlogProof::parse(&bytes)
+        .with_context(|| format!("{} is not a C2SP tlog-proof", path.display()))?;
+    let policy = if witnesses.is_empty() {
+        None
+    } else {
+        let keys = witnesses
+            .iter()
+            .map(|w| tandem_attest::log::note::CosignerKey::new(w.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .context("a --witness key is not a cosigner verifier key")?;
+        let n = keys.len();
+        Some(
+            tandem_attest::log::note::WitnessPolicy::new(keys, required.unwrap_or(n))
+                .context("--witnesses-required")?,
+        )
+    };
+    let b = &proof.bundle;
+    let verified = b
+        .verify(entry, log, policy.as_ref(), None)
+        .with_context(|| {
+            format!(
+                "the entry is not proved by {}: index {} under the checkpoint of size {} of {}",
+                path.display(),
+                b.index,
+                b.tree_size,
+                log.name()
+            )
+        })?;
+    let cp = verified.checkpoint.checkpoint();
+    if json {
+        let v = serde_json::json!({
+            "ok": true,
+            "origin": cp.origin,
+            "index": verified.index,
+            "tree_size": cp.size,
+            "root_hash": hex::encode(cp.root_hash),
+            "witness_cosignatures": verified.checkpoint.cosignatures().len(),
+            "extra": proof.extra.as_ref().map(|e| base64::engine::general_purpose::STANDARD.encode(e)),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "checkpoint of {} at size {} signed by the log key: ok",
+            cp.origin, cp.size
+        );
+        if let Some(p) = &policy {
+            println!("witness cosignatures: {} required, ok", p.required());
+        }
+        println!("entry included at index {}: ok", verified.index);
+    }
+    Ok(())
 }

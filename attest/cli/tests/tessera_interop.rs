@@ -241,6 +241,56 @@ fn tandem_verifies_every_checkpoint_inclusion_and_consistency_of_a_tessera_log()
         ]);
         assert!(!ok, "entry {i} proved at another index");
     }
+    // An offline proof (C2SP tlog-proof) of Tessera's entry 7, checked with no log at hand.
+    let proof = dir.path().join("eit.tlog-proof");
+    let eit = dir.path().join("entry7");
+    let (ok, _, stderr) = run(&[
+        "log",
+        "prove",
+        "--log",
+        &log,
+        "--log-key",
+        VKEY,
+        eit.to_str().unwrap(),
+        "--index",
+        "7",
+        "--tlog-proof",
+        proof.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        std::fs::read_to_string(&proof)
+            .unwrap()
+            .starts_with("c2sp.org/tlog-proof@v1\nindex 7\n")
+    );
+    let (ok, stdout, stderr) = run(&[
+        "log",
+        "verify-proof",
+        proof.to_str().unwrap(),
+        "--entry",
+        eit.to_str().unwrap(),
+        "--log-key",
+        VKEY,
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (v["index"].as_u64(), v["tree_size"].as_u64()),
+        (Some(7), Some(15))
+    );
+    let other = dir.path().join("entry8");
+    let (ok, _, stderr) = run(&[
+        "log",
+        "verify-proof",
+        proof.to_str().unwrap(),
+        "--entry",
+        other.to_str().unwrap(),
+        "--log-key",
+        VKEY,
+    ]);
+    assert!(!ok && stderr.contains("index 7"), "{stderr}");
+
     for size in 0..15 {
         let saved = fixture().join(format!("checkpoint.{size}"));
         let (ok, stdout, stderr) = run(&[

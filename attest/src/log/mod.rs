@@ -23,4 +23,4 @@ pub use merkle::{Hash, leaf_hash, node_hash, verify_consistency, verify_inclusio
 pub use note::{
     CosignerKey, NoteSigner, NoteVerifier, VerifiedCheckpoint, WitnessPolicy, open_checkpoint,
 };
-pub use proof::{InclusionBundle, VerifiedInclusion};
+pub use proof::{InclusionBundle, TlogProof, VerifiedInclusion};

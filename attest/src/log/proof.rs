@@ -1,13 +1,16 @@
 //! The proof a log hands back for an entry: its index, an RFC 9162 inclusion proof and the
 //! signed checkpoint it leads to. This is what `POST /add` returns and what release bundles
-//! embed.
+//! embed. It is also written and read as a C2SP tlog-proof (`c2sp.org/tlog-proof@v1`, a
+//! `.tlog-proof` file: [`InclusionBundle::to_tlog_proof`], [`TlogProof::parse`]), the
+//! ecosystem's offline-verifiable proof: checkpoint with its cosignatures, index and inclusion
+//! path in one file, so a verifier needs no log round trip.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
 use super::LogError;
-use super::checkpoint::parse_hash;
+use super::checkpoint::{Checkpoint, parse_hash};
 use super::merkle::{Hash, leaf_hash, verify_inclusion};
 use super::note::{NoteVerifier, VerifiedCheckpoint, WitnessPolicy, open_checkpoint};
 
@@ -23,6 +26,119 @@ pub struct InclusionBundle {
     pub inclusion_proof: Vec<String>,
     /// The signed checkpoint (C2SP signed note).
     pub checkpoint: String,
+}
+
+/// The first line of a C2SP tlog-proof.
+pub const TLOG_PROOF_HEADER: &str = "c2sp.org/tlog-proof@v1";
+
+/// Longest tlog-proof accepted: 64 proof hashes, 1 KiB of extra data and a checkpoint with its
+/// cosignatures fit in far less.
+pub const MAX_TLOG_PROOF_LEN: usize = 64 * 1024;
+
+/// Most inclusion path hashes (a tree of 2^64 entries has at most 64).
+const MAX_PROOF_HASHES: usize = 64;
+
+/// A parsed C2SP tlog-proof: the bundle and the proof's optional extra data (unauthenticated:
+/// the spec says applications must not trust it implicitly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlogProof {
+    /// Index, inclusion path and the checkpoint, verbatim.
+    pub bundle: InclusionBundle,
+    /// The `extra` line's bytes, if the proof has one.
+    pub extra: Option<Vec<u8>>,
+}
+
+fn bad_proof(what: impl Into<String>) -> LogError {
+    LogError::MalformedProof(format!("tlog-proof: {}", what.into()))
+}
+
+impl TlogProof {
+    /// Parses a tlog-proof (C2SP tlog-proof v1) strictly: the header line, an optional `extra`
+    /// line of canonical base64, `index N` (decimal, no leading zeros), one canonical base64
+    /// SHA-256 hash per line, an empty line, then the checkpoint note verbatim (its size line
+    /// gives the tree size; its signatures are checked by [`InclusionBundle::verify`]).
+    pub fn parse(bytes: &[u8]) -> Result<TlogProof, LogError> {
+        if bytes.len() > MAX_TLOG_PROOF_LEN {
+            return Err(bad_proof(format!(
+                "{} bytes is longer than the {MAX_TLOG_PROOF_LEN}-byte limit",
+                bytes.len()
+            )));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| bad_proof("not UTF-8"))?;
+        let (head, checkpoint) = text
+            .split_once("\n\n")
+            .ok_or_else(|| bad_proof("no empty line before the checkpoint"))?;
+        let mut lines = head.split('\n');
+        if lines.next() != Some(TLOG_PROOF_HEADER) {
+            return Err(bad_proof(format!(
+                "the first line is not `{TLOG_PROOF_HEADER}`"
+            )));
+        }
+        let mut line = lines.next().ok_or_else(|| bad_proof("no index line"))?;
+        let extra = match line.strip_prefix("extra ") {
+            Some(b64) => {
+                let data = B64
+                    .decode(b64)
+                    .map_err(|_| bad_proof("the extra data is not base64"))?;
+                if B64.encode(&data) != b64 {
+                    return Err(bad_proof("the extra data is not canonical base64"));
+                }
+                line = lines.next().ok_or_else(|| bad_proof("no index line"))?;
+                Some(data)
+            }
+            None => None,
+        };
+        let digits = line
+            .strip_prefix("index ")
+            .ok_or_else(|| bad_proof(format!("expected `index N`, found {line:?}")))?;
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        let index: u64 = canonical
+            .then(|| digits.parse().ok())
+            .flatten()
+            .ok_or_else(|| {
+                bad_proof(format!(
+                    "the index {digits:?} is not a decimal without leading zeros"
+                ))
+            })?;
+        let mut inclusion_proof = Vec::new();
+        for (i, l) in lines.enumerate() {
+            if inclusion_proof.len() == MAX_PROOF_HASHES {
+                return Err(bad_proof(format!(
+                    "more than {MAX_PROOF_HASHES} proof hashes"
+                )));
+            }
+            if parse_hash(l).is_none() {
+                return Err(bad_proof(format!(
+                    "proof line {i} is not a SHA-256 hash in canonical base64"
+                )));
+            }
+            inclusion_proof.push(l.to_string());
+        }
+        let tree_size = Checkpoint::parse(note_text(checkpoint)?.as_bytes())?.size;
+        if index >= tree_size {
+            return Err(bad_proof(format!(
+                "index {index} is not in a tree of size {tree_size}"
+            )));
+        }
+        Ok(TlogProof {
+            bundle: InclusionBundle {
+                index,
+                tree_size,
+                inclusion_proof,
+                checkpoint: checkpoint.to_string(),
+            },
+            extra,
+        })
+    }
+}
+
+/// The text part of a signed note (up to and including the line before the empty line).
+fn note_text(note: &str) -> Result<&str, LogError> {
+    note.find("\n\n")
+        .map(|i| &note[..=i])
+        .ok_or_else(|| bad_proof("the checkpoint has no signature lines"))
 }
 
 /// An inclusion proof that verified: the entry is at `index` in the log under this checkpoint.
@@ -43,6 +159,27 @@ impl InclusionBundle {
             inclusion_proof: proof.iter().map(|h| B64.encode(h)).collect(),
             checkpoint: String::from_utf8_lossy(checkpoint_note).into_owned(),
         }
+    }
+
+    /// This bundle as a C2SP tlog-proof (`c2sp.org/tlog-proof@v1`), with optional extra data.
+    pub fn to_tlog_proof(&self, extra: Option<&[u8]>) -> String {
+        let mut out =
+            String::with_capacity(64 + 45 * self.inclusion_proof.len() + self.checkpoint.len());
+        out.push_str(TLOG_PROOF_HEADER);
+        out.push('\n');
+        if let Some(e) = extra {
+            out.push_str("extra ");
+            out.push_str(&B64.encode(e));
+            out.push('\n');
+        }
+        out.push_str(&format!("index {}\n", self.index));
+        for h in &self.inclusion_proof {
+            out.push_str(h);
+            out.push('\n');
+        }
+        out.push('\n');
+        out.push_str(&self.checkpoint);
+        out
     }
 
     /// The decoded inclusion path.

@@ -231,6 +231,7 @@ pub async fn prove(
     log: &NoteVerifier,
     entry: &[u8],
     index: u64,
+    tlog_proof: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
     let reader = reader(base)?;
@@ -243,6 +244,10 @@ pub async fn prove(
     bundle
         .verify(entry, log, None, None)
         .with_context(|| format!("entry is not at index {index} of the log"))?;
+    if let Some(p) = tlog_proof {
+        std::fs::write(p, bundle.to_tlog_proof(None))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&bundle)?);
     } else {

@@ -675,6 +675,30 @@ fn fuzz_seed_corpus() {
         key_expiry: KEY_EXPIRY,
         nonce: Some(b"n".to_vec()),
     };
+    let mut launch_log = tandem_attest::evidence::EventLog::new();
+    for (kind, d) in [
+        (
+            tandem_attest::evidence::EventKind::BootChain,
+            &b"firmware"[..],
+        ),
+        (
+            tandem_attest::evidence::EventKind::Launcher,
+            b"tandem-launch",
+        ),
+        (
+            tandem_attest::evidence::EventKind::NodeBinary,
+            b"tandem-node",
+        ),
+        (tandem_attest::evidence::EventKind::NodeConfig, b"node.toml"),
+    ] {
+        launch_log.push(kind, Sha256Digest::of(d)).unwrap();
+    }
+    launch_log
+        .push(
+            tandem_attest::evidence::EventKind::Release,
+            f.release.release_digest(),
+        )
+        .unwrap();
     let seeds: Vec<(&str, Vec<u8>)> = vec![
         ("attestation_bundle", f.bundle.to_json()),
         ("release_bundle", f.release.to_json()),
@@ -685,8 +709,9 @@ fn fuzz_seed_corpus() {
         ("manifest", manifest("tandem-node 0.1.0").canonical_json()),
         (
             "tpm_quote",
-            tandem_attest::evidence::tpm::synthetic_quote_bytes(&tpm_claims),
+            tandem_attest::evidence::tpm::synthetic_quote_bytes(&tpm_claims, &launch_log),
         ),
+        ("event_log", launch_log.encode()),
         ("policy", f.policy_json(serde_json::json!({}))),
     ];
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
@@ -708,6 +733,7 @@ fn fuzz_seed_corpus() {
                     tandem_attest::release::ReleaseManifest::from_canonical_json(&committed).is_ok()
                 }
                 "tpm_quote" => tandem_attest::evidence::TpmQuote::parse(committed.clone()).is_ok(),
+                "event_log" => tandem_attest::evidence::EventLog::parse(&committed).is_ok(),
                 _ => Policy::from_json(&committed).is_ok(),
             };
             assert!(ok, "committed seed {} no longer parses", path.display());

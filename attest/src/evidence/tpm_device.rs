@@ -223,6 +223,29 @@ impl TpmRoot {
         event_log: EventLog,
         release: Sha256Digest,
     ) -> Result<Self, EvidenceError> {
+        match Self::check(&mut ctx, ak, &certificate, &event_log, &release) {
+            Ok(()) => Ok(Self {
+                ctx,
+                ak,
+                certificate,
+                event_log,
+                release,
+            }),
+            Err(e) => {
+                // A TPM holds only a few transient objects; do not leave the key loaded.
+                let _ = ctx.flush_context(ak.into());
+                Err(e)
+            }
+        }
+    }
+
+    fn check(
+        ctx: &mut Context,
+        ak: KeyHandle,
+        certificate: &FleetCertificate,
+        event_log: &EventLog,
+        release: &Sha256Digest,
+    ) -> Result<(), EvidenceError> {
         if certificate.role != CertRole::TpmAttestationKey {
             return Err(EvidenceError::Certificate(
                 "certificate is not for a TPM attestation key".into(),
@@ -234,7 +257,7 @@ impl TpmRoot {
                 "certificate is for a different key than the loaded attestation key".into(),
             ));
         }
-        let pcr = read_launch_pcr(&mut ctx)?;
+        let pcr = read_launch_pcr(ctx)?;
         if pcr != event_log.replay() {
             return Err(EvidenceError::Device(format!(
                 "PCR {LAUNCH_PCR} holds {} but the event log ({} events) replays to {}; the log \
@@ -246,7 +269,7 @@ impl TpmRoot {
             )));
         }
         match event_log.launched_release() {
-            Some(r) if r == release => {}
+            Some(r) if r == *release => {}
             Some(r) => {
                 return Err(EvidenceError::Device(format!(
                     "tandem-launch measured release {} into PCR {LAUNCH_PCR} but this node is \
@@ -262,13 +285,7 @@ impl TpmRoot {
                 )));
             }
         }
-        Ok(Self {
-            ctx,
-            ak,
-            certificate,
-            event_log,
-            release,
-        })
+        Ok(())
     }
 
     /// The open context (for callers that need other TPM commands).
@@ -279,6 +296,12 @@ impl TpmRoot {
     /// The event log this root carries in its evidence.
     pub fn event_log(&self) -> &EventLog {
         &self.event_log
+    }
+}
+
+impl Drop for TpmRoot {
+    fn drop(&mut self) {
+        let _ = self.ctx.flush_context(self.ak.into());
     }
 }
 

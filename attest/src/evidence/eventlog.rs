@@ -1,13 +1,14 @@
 //! The launch event log: every extension of the launch PCR since the TPM was last reset, and
 //! the verifier's replay of it against a quoted PCR value.
 //!
-//! **Why PCR 13.** Under the TCG PC Client Platform TPM Profile (§4.6, PCR attributes), PCRs
+//! **Why PCR 13.** Under the TCG PC Client Platform TPM Profile (its table of PCR attributes), PCRs
 //! 0–15 can be reset only by a TPM reset (a reboot); 16 and 23 are resettable from locality 0,
 //! i.e. by any root process (PCR 23 is what a node used to reset and extend itself). Of the
-//! static-OS PCRs 8–15, 13 is the one a GRUB/shim boot leaves untouched (8–9 GRUB, 10 IMA, 14
-//! shim's MOK lists; 11, 12, 13 and 15 are used only by systemd-stub UKIs, 13 only for system
-//! extension images). A boot chain that does extend PCR 13 is fine: its events are the
-//! log's `boot-chain` events and must be in the policy's allow-list.
+//! static-OS PCRs 8–15, a GRUB/shim boot leaves 11, 12, 13 and 15 untouched (8–9 GRUB, 10 IMA,
+//! 14 shim's MOK lists); of those, systemd-stub UKIs use 13 only for system extension images
+//! (11 for the UKI, 12 for its command line, 15 for machine-id and volume keys). A boot chain
+//! that does extend PCR 13 is fine: its events are the log's `boot-chain` events and must be in
+//! the policy's allow-list.
 //!
 //! **What is extended.** A `boot-chain` event's digest is extended as is (what firmware, a boot
 //! loader or IMA extend). A launch event (`launcher`, `node-binary`, `node-config`, `release`),

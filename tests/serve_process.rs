@@ -276,9 +276,12 @@ async fn config_is_checked_before_anything_starts() {
 }
 
 /// A node whose root of trust is a TPM (swtpm, a real TPM 2.0 simulator): enrolled with
-/// `tandem-node tpm-ak`, its attestation key certified by the fleet CA, it serves evidence that
-/// a device policy requiring `tpm2` accepts (the quote covers PCR 23 = the release digest and
-/// the key configs); a policy for software roots only refuses it at step 1.
+/// `tandem-node tpm-ak`, its attestation key certified by the fleet CA, refused when started
+/// without the measured launcher, and started by the real `tandem-launch` executable (after a
+/// simulated boot-chain event), it serves evidence that a device policy requiring `tpm2` with
+/// that launcher and boot chain accepts (the quote covers PCR 13 and the key configs; the
+/// event log replays to it); a policy for software roots only refuses it at step 1, and a
+/// policy allowing another launcher at step 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_with_a_tpm_root_serves_tpm_evidence() {
     use base64::Engine as _;
@@ -342,9 +345,57 @@ async fn node_with_a_tpm_root_serves_tpm_evidence() {
     )
     .await;
     let cwd = tempfile::tempdir().unwrap();
-    let mut child = serve_cmd(&f, cwd.path())
+    let evlog = work.path().join("run/launch.evlog");
+    // Started directly, without the launcher: there is no launch event log, and it says so.
+    let out = serve_cmd(&f, cwd.path())
         .arg("--tpm-tcti")
         .arg(&tcti)
+        .arg("--tpm-event-log")
+        .arg(&evlog)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("must be started by tandem-launch"),
+        "{stderr}"
+    );
+    // The boot chain (simulated: one firmware event) runs before the launcher.
+    let firmware = tandem_attest::digest::Sha256Digest::of(b"simulated firmware");
+    {
+        use tandem_attest::evidence::{EventKind, EventLog, tpm_device};
+        let mut ctx = tpm_device::open(&tcti).unwrap();
+        let mut log = EventLog::new();
+        let e = *log.push(EventKind::BootChain, firmware).unwrap();
+        tpm_device::extend_event(&mut ctx, &e).unwrap();
+        std::fs::create_dir_all(evlog.parent().unwrap()).unwrap();
+        std::fs::write(&evlog, log.encode()).unwrap();
+    }
+    let launcher = tandem_tests::bins::path("tandem-launch");
+    // cargo test sets LD_LIBRARY_PATH for test processes; the launcher refuses loader variables.
+    let mut child = Command::new(&launcher)
+        .env_remove("LD_LIBRARY_PATH")
+        .env_remove("LD_PRELOAD")
+        .env_remove("LD_AUDIT")
+        .arg("--tcti")
+        .arg(&tcti)
+        .arg("--event-log")
+        .arg(&evlog)
+        .arg("--node")
+        .arg(bin())
+        .arg("--config")
+        .arg(&f.config_path)
+        .arg("--release")
+        .arg(&f.release_path)
+        .arg("--")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--identity")
+        .arg(&f.identity)
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -368,7 +419,33 @@ async fn node_with_a_tpm_root_serves_tpm_evidence() {
         now: now(),
         ..Default::default()
     };
-    let tpm_only = f.policy().with_roots_of_trust(vec!["tpm2".into()]).unwrap();
+    let launch = |launcher: &Path| tandem_attest::evidence::LaunchPolicy {
+        boot_chain: vec![firmware],
+        launchers: vec![tandem_attest::digest::Sha256Digest::of(
+            &std::fs::read(launcher).unwrap(),
+        )],
+    };
+    let tpm_only = f
+        .policy()
+        .with_roots_of_trust(vec!["tpm2".into()])
+        .unwrap()
+        .with_tpm_launch(launch(&launcher))
+        .unwrap();
+    // Another launcher allowed (here: the node binary's digest) refuses this node at step 2.
+    let other = f
+        .policy()
+        .with_roots_of_trust(vec!["tpm2".into()])
+        .unwrap()
+        .with_tpm_launch(launch(&bin()))
+        .unwrap();
+    let v = tandem_attest::verify::Verifier::new(other).verify_node(&doc, &cx);
+    let failed = v.report.first_failure().unwrap();
+    assert_eq!(failed.number, 2, "{}", v.report.human());
+    assert!(
+        failed.detail.contains("is not an allowed launcher"),
+        "{}",
+        failed.detail
+    );
     let v = tandem_attest::verify::Verifier::new(tpm_only).verify_node(&doc, &cx);
     assert!(v.report.passed(), "{}", v.report.human());
     let node = v.node.unwrap();

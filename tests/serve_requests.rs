@@ -80,7 +80,10 @@ async fn round_trip_receipt_replay_limits_and_unknown_adapter() {
     // The attestation binds the published key to the logged release.
     let doc = attestation_document(&mut c).await;
     let bundle = AttestationBundle::from_json(&doc).unwrap();
-    bundle.evidence().verify_binding().unwrap();
+    bundle
+        .evidence()
+        .verify_binding(None, bundle.release().statement().manifest())
+        .unwrap();
     bundle
         .evidence()
         .verify_root(&[r.fleet.ca.public_key()])

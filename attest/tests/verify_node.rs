@@ -334,6 +334,10 @@ fn policy_file_rules() {
         serde_json::json!({"releaseRule": {"digestIs": Sha256Digest::of(b"x").to_string()}}),
         serde_json::json!({"unknownField": 1}),
         serde_json::json!({"rootsOfTrust": ["sgx"]}),
+        // Only tpm2 accepted but no launch allow-list: nothing could verify.
+        serde_json::json!({"rootsOfTrust": ["tpm2"]}),
+        serde_json::json!({"tpmLaunch": {"bootChain": [], "launchers": []}}),
+        serde_json::json!({"tpmLaunch": {"launchers": [Sha256Digest::of(b"l")], "extra": 1}}),
     ] {
         assert!(
             Policy::from_json(&f.policy_json(bad.clone())).is_err(),
@@ -344,23 +348,32 @@ fn policy_file_rules() {
     let p = f.policy();
     let again = Policy::from_json(&p.to_json()).unwrap();
     assert_eq!(again.release_rule(), p.release_rule());
-    let tpm_only =
-        Policy::from_json(&f.policy_json(serde_json::json!({"rootsOfTrust": ["tpm2"]}))).unwrap();
+    let tpm_only = Policy::from_json(&f.policy_json(tpm_only_json())).unwrap();
     assert_eq!(tpm_only.roots_of_trust(), ["tpm2"]);
+    let again = Policy::from_json(&tpm_only.to_json()).unwrap();
+    assert_eq!(again.roots_of_trust(), ["tpm2"]);
+    assert_eq!(again.tpm_launch(), tpm_only.tpm_launch());
     assert_eq!(
-        Policy::from_json(&tpm_only.to_json())
-            .unwrap()
-            .roots_of_trust(),
-        ["tpm2"]
+        again.tpm_launch().map(|l| l.launchers.clone()),
+        Some(vec![Sha256Digest::of(b"tandem-launch")])
     );
+}
+
+fn tpm_only_json() -> serde_json::Value {
+    serde_json::json!({
+        "rootsOfTrust": ["tpm2"],
+        "tpmLaunch": {
+            "bootChain": [Sha256Digest::of(b"firmware")],
+            "launchers": [Sha256Digest::of(b"tandem-launch")],
+        },
+    })
 }
 
 #[test]
 fn a_policy_that_requires_a_tpm_refuses_software_evidence_at_step_1() {
     let f = Fixture::new();
     let bytes = f.bundle.to_json();
-    let tpm_only =
-        Policy::from_json(&f.policy_json(serde_json::json!({"rootsOfTrust": ["tpm2"]}))).unwrap();
+    let tpm_only = Policy::from_json(&f.policy_json(tpm_only_json())).unwrap();
     let v = Verifier::new(tpm_only).verify_node(&bytes, &cx(NOW));
     let failed = v.report.first_failure().expect("refused");
     assert_eq!(failed.number, 1, "{}", v.report.human());
@@ -675,6 +688,30 @@ fn fuzz_seed_corpus() {
         key_expiry: KEY_EXPIRY,
         nonce: Some(b"n".to_vec()),
     };
+    let mut launch_log = tandem_attest::evidence::EventLog::new();
+    for (kind, d) in [
+        (
+            tandem_attest::evidence::EventKind::BootChain,
+            &b"firmware"[..],
+        ),
+        (
+            tandem_attest::evidence::EventKind::Launcher,
+            b"tandem-launch",
+        ),
+        (
+            tandem_attest::evidence::EventKind::NodeBinary,
+            b"tandem-node",
+        ),
+        (tandem_attest::evidence::EventKind::NodeConfig, b"node.toml"),
+    ] {
+        launch_log.push(kind, Sha256Digest::of(d)).unwrap();
+    }
+    launch_log
+        .push(
+            tandem_attest::evidence::EventKind::Release,
+            f.release.release_digest(),
+        )
+        .unwrap();
     let seeds: Vec<(&str, Vec<u8>)> = vec![
         ("attestation_bundle", f.bundle.to_json()),
         ("release_bundle", f.release.to_json()),
@@ -685,8 +722,9 @@ fn fuzz_seed_corpus() {
         ("manifest", manifest("tandem-node 0.1.0").canonical_json()),
         (
             "tpm_quote",
-            tandem_attest::evidence::tpm::synthetic_quote_bytes(&tpm_claims),
+            tandem_attest::evidence::tpm::synthetic_quote_bytes(&tpm_claims, &launch_log),
         ),
+        ("event_log", launch_log.encode()),
         ("policy", f.policy_json(serde_json::json!({}))),
     ];
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
@@ -708,6 +746,7 @@ fn fuzz_seed_corpus() {
                     tandem_attest::release::ReleaseManifest::from_canonical_json(&committed).is_ok()
                 }
                 "tpm_quote" => tandem_attest::evidence::TpmQuote::parse(committed.clone()).is_ok(),
+                "event_log" => tandem_attest::evidence::EventLog::parse(&committed).is_ok(),
                 _ => Policy::from_json(&committed).is_ok(),
             };
             assert!(ok, "committed seed {} no longer parses", path.display());

@@ -49,6 +49,9 @@ pub const IDENTITY_KEY_FILE: &str = "identity.key.pem";
 pub const IDENTITY_CERT_FILE: &str = "identity.cert.json";
 /// Fleet certificate of the TPM attestation key (TPM root), in `--identity DIR`.
 pub const AK_CERT_FILE: &str = "ak.cert.json";
+/// Where `tandem-launch` writes the launch event log by default, and where a TPM-rooted node
+/// reads it unless `--tpm-event-log FILE` says otherwise (tmpfs: gone at reboot, like PCR 13).
+pub const DEFAULT_TPM_EVENT_LOG: &str = "/run/tandem/launch.evlog";
 /// File name of the TLS certificate chain inside `--identity DIR` (PEM).
 pub const TLS_CERT_FILE: &str = "tls.cert.pem";
 /// File name of the TLS private key inside `--identity DIR` (PEM).
@@ -172,9 +175,11 @@ pub enum RootOfTrustConfig {
     /// Key and certificate come from `--identity DIR` (`identity.key.pem`,
     /// `identity.cert.json`).
     Software,
-    /// TPM 2.0 quote of PCR 23 (holding the release digest) by the TPM's attestation key,
-    /// certified by the fleet CA (`ak.cert.json` in `--identity DIR`; `tandem-node tpm-ak`
-    /// prints the key to certify).
+    /// TPM 2.0 quote of PCR 13 (extended before the node ran by `tandem-launch` with the
+    /// launcher, node binary, config and release digest; only a reboot resets it) by the TPM's
+    /// attestation key, certified by the fleet CA (`ak.cert.json` in `--identity DIR`;
+    /// `tandem-node tpm-ak` prints the key to certify), carrying the launch event log
+    /// (`--tpm-event-log`).
     Tpm {
         /// TSS2 TCTI string, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`;
         /// `--tpm-tcti` overrides it per node.
@@ -535,6 +540,10 @@ impl NodeConfig {
             RootOfTrustConfig::Tpm { tcti } => ResolvedRoot::Tpm {
                 tcti: overrides.tpm_tcti.clone().unwrap_or_else(|| tcti.clone()),
                 cert: identity(AK_CERT_FILE, "--identity")?,
+                event_log: overrides
+                    .tpm_event_log
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_TPM_EVENT_LOG)),
             },
         };
         let release_bundle = match &overrides.release_bundle {
@@ -590,6 +599,8 @@ pub struct Overrides {
     pub release_bundle: Option<PathBuf>,
     /// `--tpm-tcti TCTI` (overrides `root_of_trust.tcti`).
     pub tpm_tcti: Option<String>,
+    /// `--tpm-event-log FILE` (default [`DEFAULT_TPM_EVENT_LOG`]).
+    pub tpm_event_log: Option<PathBuf>,
 }
 
 /// A model to serve, with absolute paths.
@@ -621,6 +632,9 @@ pub enum ResolvedRoot {
         tcti: String,
         /// Fleet certificate of the attestation key.
         cert: PathBuf,
+        /// The launch event log `tandem-launch` wrote (read at start; its absence is reported
+        /// then, with what to do).
+        event_log: PathBuf,
     },
 }
 

@@ -6,14 +6,18 @@
 //! vouches for them, and a proof:
 //!
 //! - **software root** ([`software`]): the node identity key signs [`EvidenceClaims::message`];
-//! - **TPM 2.0** ([`tpm`]): the node extended the release digest into PCR 23 and the
-//!   attestation key quoted that PCR with qualifying data [`EvidenceClaims::tpm_qualifying_data`],
-//!   which binds the key config digest, expiry and nonce.
+//! - **TPM 2.0** ([`tpm`]): the measured launcher (`tandem-launch`) extended the launcher, the
+//!   node binary, its config and the release digest into PCR 13 (which only a reboot resets)
+//!   and recorded each extension in an [`eventlog::EventLog`]; the attestation key quoted that
+//!   PCR with qualifying data [`EvidenceClaims::tpm_qualifying_data`], which binds the key
+//!   config digest, expiry and nonce. The verifier replays the event log against the quote
+//!   and checks it under the policy's [`eventlog::LaunchPolicy`].
 //!
 //! [`RootOfTrust`] is the producer side (the node). Checking is in [`crate::verify`], which
 //! calls [`Evidence::verify_root`] and [`Evidence::verify_binding`].
 
 pub mod cert;
+pub mod eventlog;
 pub mod software;
 #[cfg(all(feature = "tpm", feature = "test-util"))]
 pub mod swtpm;
@@ -29,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use cert::{CertRole, FleetCa, FleetCaKey, FleetCertificate};
+pub use eventlog::{EventKind, EventLog, LaunchPolicy};
 pub use software::SoftwareRoot;
 pub use tpm::TpmQuote;
 
@@ -93,7 +98,7 @@ impl EvidenceClaims {
 
     /// The TPM quote's qualifying data: SHA-256 of `"tandem-tpm-quote-v1" 0x00 ||
     /// key_config_digest (32) || key_expiry (u64 BE) || nonce_len (u16 BE) || nonce`.
-    /// (The release digest is bound through PCR 23, not here.)
+    /// (The release digest is bound through the launch PCR and its event log, not here.)
     pub fn tpm_qualifying_data(&self) -> [u8; 32] {
         let mut m = b"tandem-tpm-quote-v1\0".to_vec();
         m.extend_from_slice(self.key_config_digest.as_bytes());
@@ -137,6 +142,8 @@ pub enum EvidenceProof {
         quote: TpmQuote,
         /// ECDSA P-256 signature (`r || s`) by the attestation key over the `TPMS_ATTEST` bytes.
         signature: [u8; 64],
+        /// Every extension of the quoted PCR since reset.
+        event_log: EventLog,
     },
 }
 
@@ -198,6 +205,7 @@ struct CertWire {
 struct QuoteWire {
     attest: String,
     signature: String,
+    event_log: String,
 }
 
 fn b64(field: &'static str, s: &str) -> Result<Vec<u8>, EvidenceError> {
@@ -249,6 +257,7 @@ impl TryFrom<EvidenceWire> for Evidence {
             ("tpm2", None, Some(q)) => EvidenceProof::Tpm2 {
                 quote: TpmQuote::parse(b64("tpmQuote.attest", &q.attest)?)?,
                 signature: sig64("tpmQuote.signature", &q.signature)?,
+                event_log: EventLog::parse(&b64("tpmQuote.eventLog", &q.event_log)?)?,
             },
             (kind, _, _) => {
                 return Err(EvidenceError::Malformed {
@@ -268,7 +277,8 @@ impl TryFrom<EvidenceWire> for Evidence {
 }
 
 impl Evidence {
-    pub(crate) fn new(
+    /// Evidence from its parts (unverified, like parsed evidence; the verifier checks it).
+    pub fn new(
         claims: EvidenceClaims,
         certificate: FleetCertificate,
         proof: EvidenceProof,
@@ -304,12 +314,17 @@ impl Evidence {
             EvidenceProof::Software { signature } => {
                 ("software", Some(B64.encode(signature)), None)
             }
-            EvidenceProof::Tpm2 { quote, signature } => (
+            EvidenceProof::Tpm2 {
+                quote,
+                signature,
+                event_log,
+            } => (
                 "tpm2",
                 None,
                 Some(QuoteWire {
                     attest: B64.encode(quote.raw()),
                     signature: B64.encode(signature),
+                    event_log: B64.encode(event_log.encode()),
                 }),
             ),
         };
@@ -366,9 +381,9 @@ impl Evidence {
             EvidenceProof::Software { signature } => {
                 (CertRole::NodeIdentity, self.claims.message(), signature)
             }
-            EvidenceProof::Tpm2 { quote, signature } => {
-                (CertRole::TpmAttestationKey, quote.raw().to_vec(), signature)
-            }
+            EvidenceProof::Tpm2 {
+                quote, signature, ..
+            } => (CertRole::TpmAttestationKey, quote.raw().to_vec(), signature),
         };
         if self.certificate.role != want_role {
             return Err(EvidenceError::Certificate(format!(
@@ -395,13 +410,37 @@ impl Evidence {
     }
 
     /// Verification step "key binding", evidence side: for a TPM quote, the qualifying data is
-    /// [`EvidenceClaims::tpm_qualifying_data`] and PCR 23 holds the release digest. (For the
-    /// software root the claims are themselves what was signed.) The caller then compares the
-    /// claims with the bundle's key configs and release.
-    pub fn verify_binding(&self) -> Result<(), EvidenceError> {
+    /// [`EvidenceClaims::tpm_qualifying_data`], the quote selects exactly the launch PCR, and the
+    /// event log replays to the quoted value and passes `launch` for the claimed release, whose
+    /// manifest is `manifest` (see [`eventlog`]). A TPM quote without a launch policy is
+    /// refused. (For the software root the claims are themselves what was signed.) The caller
+    /// then compares the claims with the bundle's key configs and release.
+    pub fn verify_binding(
+        &self,
+        launch: Option<&LaunchPolicy>,
+        manifest: &crate::release::ReleaseManifest,
+    ) -> Result<(), EvidenceError> {
         match &self.proof {
             EvidenceProof::Software { .. } => Ok(()),
-            EvidenceProof::Tpm2 { quote, .. } => quote.check_binding(&self.claims),
+            EvidenceProof::Tpm2 {
+                quote, event_log, ..
+            } => {
+                quote.check_binding(&self.claims)?;
+                let launch = launch.ok_or_else(|| {
+                    EvidenceError::Quote(
+                        "the policy has no tpmLaunch allow-list (bootChain, launchers), so no \
+                         TPM launch chain can be trusted; add the allowed launcher digests to \
+                         the policy"
+                            .into(),
+                    )
+                })?;
+                launch.check(
+                    event_log,
+                    &quote.pcr_digest,
+                    &self.claims.release_digest,
+                    manifest,
+                )
+            }
         }
     }
 }

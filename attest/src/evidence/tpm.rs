@@ -1,19 +1,16 @@
 //! TPM 2.0 quotes, verifier side (pure Rust: the device never links a TSS).
 //!
-//! The node resets PCR 23 (the PC Client application PCR, resettable from locality 0) and
-//! extends it once with the 32-byte release digest, so
-//! `PCR23 = SHA-256(0^32 || release_digest)` (TPM 2.0 Part 1 §17.6.6 extend). It then runs
-//! `TPM2_Quote` over `{sha256: [23]}` with qualifying data
-//! [`super::EvidenceClaims::tpm_qualifying_data`], signed (ECDSA P-256, SHA-256) by an
-//! attestation key that the fleet CA certified.
+//! The measured launcher (`tandem-launch`) extended the launch PCR
+//! ([`super::eventlog::LAUNCH_PCR`], 13: only a reboot resets it) and wrote every extension to
+//! an event log before it ran the node; the node only quotes. `TPM2_Quote` covers
+//! `{sha256: [13]}` with qualifying data [`super::EvidenceClaims::tpm_qualifying_data`], signed
+//! (ECDSA P-256, SHA-256) by an attestation key that the fleet CA certified; the verifier
+//! replays the event log against the quoted PCR ([`super::eventlog::LaunchPolicy::check`]).
 
 use sha2::{Digest as _, Sha256};
 
+use super::eventlog::{EventLog, LAUNCH_PCR};
 use super::{EvidenceClaims, EvidenceError};
-use crate::digest::Sha256Digest;
-
-/// The PCR that holds the release digest.
-pub const RELEASE_PCR: u8 = 23;
 /// `TPM_GENERATED_VALUE` (TPM 2.0 Part 2 §6.2).
 pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 /// `TPM_ST_ATTEST_QUOTE` (Part 2 §6.9).
@@ -99,14 +96,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `PCR = SHA-256(0^32 || release_digest)`: PCR 23 after a reset and one extend.
-pub fn expected_release_pcr(release_digest: &Sha256Digest) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update([0u8; 32]);
-    h.update(release_digest.as_bytes());
-    h.finalize().into()
-}
-
 impl TpmQuote {
     /// Parses untrusted `TPMS_ATTEST` bytes; all bytes must be consumed.
     pub fn parse(raw: Vec<u8>) -> Result<Self, EvidenceError> {
@@ -183,28 +172,32 @@ impl TpmQuote {
         &self.raw
     }
 
-    /// Checks that the quote binds `claims`: qualifying data, selection of exactly
-    /// `{sha256: [23]}`, and a PCR digest equal to SHA-256 of the expected PCR 23 value.
+    /// Checks that the quote binds `claims` (qualifying data) and selects exactly
+    /// `{sha256: [13]}`, the launch PCR. What the PCR holds is checked against the event log
+    /// by [`super::eventlog::LaunchPolicy::check`].
     pub fn check_binding(&self, claims: &EvidenceClaims) -> Result<(), EvidenceError> {
         if self.extra_data != claims.tpm_qualifying_data() {
             return Err(EvidenceError::Quote(
                 "qualifying data does not bind these key configs, expiry and nonce; the quote was made for other keys".into(),
             ));
         }
-        let mut want_bitmap = vec![0u8; 3];
-        want_bitmap[(RELEASE_PCR / 8) as usize] = 1 << (RELEASE_PCR % 8);
-        let only_pcr23 = matches!(self.pcr_select.as_slice(), [s] if s.hash == TPM_ALG_SHA256 && s.bitmap == want_bitmap);
-        if !only_pcr23 {
+        let want_bitmap = launch_pcr_bitmap();
+        let only_launch_pcr = matches!(self.pcr_select.as_slice(), [s] if s.hash == TPM_ALG_SHA256 && s.bitmap == want_bitmap);
+        if !only_launch_pcr {
+            let selected: Vec<String> = self
+                .pcr_select
+                .iter()
+                .flat_map(|s| {
+                    (0..s.bitmap.len() * 8)
+                        .filter(|i| s.bitmap[i / 8] >> (i % 8) & 1 == 1)
+                        .map(move |i| format!("{:#06x}:{i}", s.hash))
+                })
+                .collect();
             return Err(EvidenceError::Quote(format!(
-                "quote must select exactly sha256 PCR {RELEASE_PCR}"
-            )));
-        }
-        let pcr = expected_release_pcr(&claims.release_digest);
-        let want: [u8; 32] = Sha256::digest(pcr).into();
-        if self.pcr_digest != want {
-            return Err(EvidenceError::Quote(format!(
-                "PCR {RELEASE_PCR} does not hold release {}; the node measured a different release",
-                claims.release_digest.short()
+                "quote selects PCRs [{}] but must select exactly sha256 PCR {LAUNCH_PCR}, the \
+                 launch PCR that only a reboot resets (a quote of resettable PCR 23 proves \
+                 nothing); start the node through tandem-launch",
+                selected.join(", ")
             )));
         }
         Ok(())
@@ -248,10 +241,17 @@ impl TpmQuote {
     }
 }
 
-/// The quote a TPM would produce for `claims`, for tests (see [`TpmQuote::encode`]).
-pub fn synthetic_quote_bytes(claims: &EvidenceClaims) -> Vec<u8> {
-    let pcr = expected_release_pcr(&claims.release_digest);
-    let digest: [u8; 32] = Sha256::digest(pcr).into();
+/// The `pcrSelect` bitmap of the launch PCR alone (3 bytes, PC Client's 24 PCRs).
+pub fn launch_pcr_bitmap() -> Vec<u8> {
+    let mut b = vec![0u8; 3];
+    b[(LAUNCH_PCR / 8) as usize] = 1 << (LAUNCH_PCR % 8);
+    b
+}
+
+/// The quote a TPM would produce for `claims` with its launch PCR holding what `log` replays
+/// to, for tests (see [`TpmQuote::encode`]).
+pub fn synthetic_quote_bytes(claims: &EvidenceClaims, log: &EventLog) -> Vec<u8> {
+    let digest: [u8; 32] = Sha256::digest(log.replay()).into();
     TpmQuote::encode(
         &[0x00, 0x0b, 1, 2, 3],
         &claims.tpm_qualifying_data(),
@@ -262,7 +262,7 @@ pub fn synthetic_quote_bytes(claims: &EvidenceClaims) -> Vec<u8> {
         0x2019_0125,
         &[PcrSelection {
             hash: TPM_ALG_SHA256,
-            bitmap: vec![0, 0, 0x80],
+            bitmap: launch_pcr_bitmap(),
         }],
         &digest,
     )
@@ -271,6 +271,8 @@ pub fn synthetic_quote_bytes(claims: &EvidenceClaims) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::Sha256Digest;
+    use crate::evidence::EventKind;
 
     fn claims() -> EvidenceClaims {
         EvidenceClaims {
@@ -281,25 +283,58 @@ mod tests {
         }
     }
 
+    fn log() -> EventLog {
+        let mut l = EventLog::new();
+        l.push(EventKind::Release, Sha256Digest::of(b"r"))
+            .expect("room");
+        l
+    }
+
+    fn pcr_digest(l: &EventLog) -> Vec<u8> {
+        Sha256::digest(l.replay()).to_vec()
+    }
+
     #[test]
     fn parse_round_trip_and_binding() {
         let c = claims();
-        let raw = synthetic_quote_bytes(&c);
+        let raw = synthetic_quote_bytes(&c, &log());
         let q = TpmQuote::parse(raw.clone()).expect("parses");
         assert_eq!(q.raw(), raw.as_slice());
+        assert_eq!(q.pcr_digest, pcr_digest(&log()));
         q.check_binding(&c).expect("binds");
         let mut other = c.clone();
-        other.release_digest = Sha256Digest::of(b"other");
+        other.key_config_digest = Sha256Digest::of(b"other");
         assert!(q.check_binding(&other).is_err());
         other = c.clone();
         other.key_expiry = 8;
         assert!(q.check_binding(&other).is_err());
+        // A quote of PCR 23 (resettable from software) is refused, naming what it selected.
+        let pcr23 = TpmQuote::encode(
+            &[0x00, 0x0b],
+            &c.tpm_qualifying_data(),
+            1,
+            1,
+            0,
+            1,
+            0,
+            &[PcrSelection {
+                hash: TPM_ALG_SHA256,
+                bitmap: vec![0, 0, 0x80],
+            }],
+            &pcr_digest(&log()),
+        );
+        let e = TpmQuote::parse(pcr23)
+            .expect("parses")
+            .check_binding(&c)
+            .expect_err("PCR 23 refused");
+        assert!(e.to_string().contains("[0x000b:23]"), "{e}");
+        assert!(e.to_string().contains("PCR 13"), "{e}");
     }
 
     #[test]
     fn truncate_and_flip() {
         let c = claims();
-        let raw = synthetic_quote_bytes(&c);
+        let raw = synthetic_quote_bytes(&c, &log());
         for cut in 0..raw.len() {
             assert!(TpmQuote::parse(raw[..cut].to_vec()).is_err(), "cut {cut}");
         }
@@ -310,9 +345,10 @@ mod tests {
             let mut b = raw.clone();
             b[i] ^= 0x01;
             // Flips in clock/firmware fields still parse and still bind (the signature covers
-            // them); every other flip must either fail to parse or fail to bind.
+            // them); every other flip must either fail to parse, fail to bind, or change the
+            // quoted PCR value (which the event-log replay then refuses).
             if let Ok(q) = TpmQuote::parse(b) {
-                let binds = q.check_binding(&c).is_ok();
+                let binds = q.check_binding(&c).is_ok() && q.pcr_digest == pcr_digest(&log());
                 let harmless = q.clock != 1000
                     || q.reset_count != 1
                     || q.restart_count != 0

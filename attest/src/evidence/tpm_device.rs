@@ -4,9 +4,11 @@
 //! this module only issues commands on it.
 //!
 //! Flow: [`create_attestation_key`] makes a restricted ECDSA P-256 signing key (the fleet CA
-//! then certifies its public point as a [`CertRole::TpmAttestationKey`]);
-//! [`TpmRoot::measure_release`] resets PCR 23 and extends it with the release digest;
-//! [`RootOfTrust::attest`] quotes PCR 23 with the claims' qualifying data.
+//! then certifies its public point as a [`CertRole::TpmAttestationKey`]); before the node
+//! runs, the measured launcher (`tandem-launch`) extends the launch PCR 13 with
+//! [`extend_event`] and writes the [`EventLog`]; the node's [`TpmRoot`] checks that the log
+//! replays to PCR 13 and [`RootOfTrust::attest`] quotes PCR 13 with the claims' qualifying
+//! data, carrying the log. Nothing here resets a PCR: PCR 13 is reset only by a reboot.
 
 use std::str::FromStr as _;
 
@@ -25,11 +27,17 @@ use tss_esapi::structures::{
 };
 use tss_esapi::traits::Marshall;
 
-use super::tpm::{RELEASE_PCR, TpmQuote};
+use super::eventlog::{Event, EventLog, LAUNCH_PCR};
+use super::tpm::TpmQuote;
 use super::{
     CertRole, Evidence, EvidenceClaims, EvidenceError, EvidenceProof, FleetCertificate, RootOfTrust,
 };
 use crate::digest::Sha256Digest;
+
+/// The launch PCR as a TSS slot and handle (PCR 13, see [`super::eventlog`]).
+const SLOT: PcrSlot = PcrSlot::Slot13;
+const HANDLE: PcrHandle = PcrHandle::Pcr13;
+const _: () = assert!(LAUNCH_PCR == 13, "SLOT and HANDLE name the launch PCR");
 
 fn dev(what: &str, e: tss_esapi::Error) -> EvidenceError {
     EvidenceError::Device(format!("{what}: {e}"))
@@ -108,75 +116,192 @@ fn pad32(v: &[u8]) -> Result<[u8; 32], EvidenceError> {
     Ok(out)
 }
 
-/// A TPM-backed root of trust.
+/// The current SHA-256 value of the launch PCR.
+pub fn read_launch_pcr(ctx: &mut Context) -> Result<[u8; 32], EvidenceError> {
+    let sel = PcrSelectionListBuilder::new()
+        .with_selection(HashingAlgorithm::Sha256, &[SLOT])
+        .build()
+        .map_err(|e| dev("PCR selection", e))?;
+    let (_, _, digests) = ctx
+        .pcr_read(sel)
+        .map_err(|e| dev(&format!("TPM2_PCR_Read({LAUNCH_PCR})"), e))?;
+    let v = digests.value();
+    let [d] = v else {
+        return Err(EvidenceError::Device(format!(
+            "TPM2_PCR_Read({LAUNCH_PCR}) returned {} values; does this TPM have a SHA-256 bank?",
+            v.len()
+        )));
+    };
+    d.value().try_into().map_err(|_| {
+        EvidenceError::Device(format!(
+            "sha256 PCR {LAUNCH_PCR} is {} bytes, not 32",
+            d.value().len()
+        ))
+    })
+}
+
+/// Extends the launch PCR with `event`'s value (TPM2_PCR_Extend, sha256 bank only). The caller
+/// appends `event` to the event log.
+pub fn extend_event(ctx: &mut Context, event: &Event) -> Result<(), EvidenceError> {
+    let mut vals = DigestValues::new();
+    vals.set(
+        HashingAlgorithm::Sha256,
+        Digest::try_from(event.extended_value().to_vec()).map_err(|e| dev("digest", e))?,
+    );
+    ctx.execute_with_session(Some(AuthSession::Password), |c| c.pcr_extend(HANDLE, vals))
+        .map_err(|e| dev(&format!("TPM2_PCR_Extend({LAUNCH_PCR})"), e))
+}
+
+/// `TPM2_Quote` of the sha256 PCRs `pcrs` by the attestation key `ak` with qualifying data
+/// `qualifying_data`: the parsed `TPMS_ATTEST` and the `r || s` signature. [`TpmRoot`] quotes
+/// only the launch PCR; other selections are for tests that play an attacker.
+pub fn quote(
+    ctx: &mut Context,
+    ak: KeyHandle,
+    qualifying_data: &[u8],
+    pcrs: &[PcrSlot],
+) -> Result<(TpmQuote, [u8; 64]), EvidenceError> {
+    let qd = Data::try_from(qualifying_data.to_vec()).map_err(|e| dev("qualifying data", e))?;
+    let sel = PcrSelectionListBuilder::new()
+        .with_selection(HashingAlgorithm::Sha256, pcrs)
+        .build()
+        .map_err(|e| dev("PCR selection", e))?;
+    let (attest, sig) = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.quote(
+                ak,
+                qd,
+                SignatureScheme::EcDsa {
+                    hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+                },
+                sel,
+            )
+        })
+        .map_err(|e| dev("TPM2_Quote", e))?;
+    let raw = attest
+        .marshall()
+        .map_err(|e| dev("marshalling TPMS_ATTEST", e))?;
+    let Signature::EcDsa(ecc) = sig else {
+        return Err(EvidenceError::Device(
+            "TPM returned a non-ECDSA quote signature".into(),
+        ));
+    };
+    let mut signature = [0u8; 64];
+    signature[..32].copy_from_slice(&pad32(ecc.signature_r().value())?);
+    signature[32..].copy_from_slice(&pad32(ecc.signature_s().value())?);
+    Ok((TpmQuote::parse(raw)?, signature))
+}
+
+/// A TPM-backed root of trust: quotes the launch PCR and carries the launcher's event log.
 pub struct TpmRoot {
     ctx: Context,
     ak: KeyHandle,
     certificate: FleetCertificate,
-    measured: Option<Sha256Digest>,
+    event_log: EventLog,
+    release: Sha256Digest,
 }
 
 impl std::fmt::Debug for TpmRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TpmRoot")
             .field("subject", &self.certificate.subject)
-            .field("measured", &self.measured)
+            .field("release", &self.release)
+            .field("events", &self.event_log.events().len())
             .finish_non_exhaustive()
     }
 }
 
 impl TpmRoot {
-    /// A root over an open TPM context, an attestation key loaded in it, and the fleet
-    /// certificate for that key.
+    /// A root over an open TPM context, an attestation key loaded in it, the fleet certificate
+    /// for that key, and the launcher's event log. Checks that the certificate is for this key,
+    /// that the log replays to the launch PCR's current value, and that the log launched
+    /// `release` (the node's own release) exactly once.
     pub fn new(
-        ctx: Context,
+        mut ctx: Context,
         ak: KeyHandle,
         certificate: FleetCertificate,
+        event_log: EventLog,
+        release: Sha256Digest,
     ) -> Result<Self, EvidenceError> {
+        match Self::check(&mut ctx, ak, &certificate, &event_log, &release) {
+            Ok(()) => Ok(Self {
+                ctx,
+                ak,
+                certificate,
+                event_log,
+                release,
+            }),
+            Err(e) => {
+                // A TPM holds only a few transient objects; do not leave the key loaded.
+                let _ = ctx.flush_context(ak.into());
+                Err(e)
+            }
+        }
+    }
+
+    fn check(
+        ctx: &mut Context,
+        ak: KeyHandle,
+        certificate: &FleetCertificate,
+        event_log: &EventLog,
+        release: &Sha256Digest,
+    ) -> Result<(), EvidenceError> {
         if certificate.role != CertRole::TpmAttestationKey {
             return Err(EvidenceError::Certificate(
                 "certificate is not for a TPM attestation key".into(),
             ));
         }
-        let mut root = Self {
-            ctx,
-            ak,
-            certificate,
-            measured: None,
-        };
-        let (public, _, _) = root
-            .ctx
-            .read_public(root.ak)
-            .map_err(|e| dev("TPM2_ReadPublic", e))?;
-        if ecc_public_to_key(&public)? != root.certificate.public_key {
+        let (public, _, _) = ctx.read_public(ak).map_err(|e| dev("TPM2_ReadPublic", e))?;
+        if ecc_public_to_key(&public)? != certificate.public_key {
             return Err(EvidenceError::Certificate(
                 "certificate is for a different key than the loaded attestation key".into(),
             ));
         }
-        Ok(root)
-    }
-
-    /// Resets PCR 23 and extends it once with `release` (TPM2_PCR_Reset, TPM2_PCR_Extend).
-    pub fn measure_release(&mut self, release: &Sha256Digest) -> Result<(), EvidenceError> {
-        let pcr = PcrHandle::Pcr23;
-        self.ctx
-            .execute_with_session(Some(AuthSession::Password), |c| c.pcr_reset(pcr))
-            .map_err(|e| dev("TPM2_PCR_Reset(23)", e))?;
-        let mut vals = DigestValues::new();
-        vals.set(
-            HashingAlgorithm::Sha256,
-            Digest::try_from(release.as_bytes().to_vec()).map_err(|e| dev("digest", e))?,
-        );
-        self.ctx
-            .execute_with_session(Some(AuthSession::Password), |c| c.pcr_extend(pcr, vals))
-            .map_err(|e| dev("TPM2_PCR_Extend(23)", e))?;
-        self.measured = Some(*release);
+        let pcr = read_launch_pcr(ctx)?;
+        if pcr != event_log.replay() {
+            return Err(EvidenceError::Device(format!(
+                "PCR {LAUNCH_PCR} holds {} but the event log ({} events) replays to {}; the log \
+                 is not the one tandem-launch wrote at this boot, or PCR {LAUNCH_PCR} was \
+                 extended outside it (reboot and start the node through tandem-launch)",
+                hex::encode(&pcr[..6]),
+                event_log.events().len(),
+                hex::encode(&event_log.replay()[..6])
+            )));
+        }
+        match event_log.launched_release() {
+            Some(r) if r == *release => {}
+            Some(r) => {
+                return Err(EvidenceError::Device(format!(
+                    "tandem-launch measured release {} into PCR {LAUNCH_PCR} but this node is \
+                     release {}; launch the node with its own release bundle",
+                    r.short(),
+                    release.short()
+                )));
+            }
+            None => {
+                return Err(EvidenceError::Device(format!(
+                    "the event log does not record exactly one launch (release event) in PCR \
+                     {LAUNCH_PCR}; start the node through tandem-launch after a reboot"
+                )));
+            }
+        }
         Ok(())
     }
 
     /// The open context (for callers that need other TPM commands).
     pub fn context_mut(&mut self) -> &mut Context {
         &mut self.ctx
+    }
+
+    /// The event log this root carries in its evidence.
+    pub fn event_log(&self) -> &EventLog {
+        &self.event_log
+    }
+}
+
+impl Drop for TpmRoot {
+    fn drop(&mut self) {
+        let _ = self.ctx.flush_context(self.ak.into());
     }
 }
 
@@ -187,48 +312,27 @@ impl RootOfTrust for TpmRoot {
 
     fn attest(&mut self, claims: &EvidenceClaims) -> Result<Evidence, EvidenceError> {
         claims.check()?;
-        if self.measured != Some(claims.release_digest) {
+        if self.release != claims.release_digest {
             return Err(EvidenceError::Device(format!(
-                "PCR {RELEASE_PCR} was not measured with release {}; call measure_release first",
+                "PCR {LAUNCH_PCR} was launched with release {}, not {}",
+                self.release.short(),
                 claims.release_digest.short()
             )));
         }
-        let qd = Data::try_from(claims.tpm_qualifying_data().to_vec())
-            .map_err(|e| dev("qualifying data", e))?;
-        let sel = PcrSelectionListBuilder::new()
-            .with_selection(HashingAlgorithm::Sha256, &[PcrSlot::Slot23])
-            .build()
-            .map_err(|e| dev("PCR selection", e))?;
-        let ak = self.ak;
-        let (attest, sig) = self
-            .ctx
-            .execute_with_session(Some(AuthSession::Password), |c| {
-                c.quote(
-                    ak,
-                    qd,
-                    SignatureScheme::EcDsa {
-                        hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
-                    },
-                    sel,
-                )
-            })
-            .map_err(|e| dev("TPM2_Quote", e))?;
-        let raw = attest
-            .marshall()
-            .map_err(|e| dev("marshalling TPMS_ATTEST", e))?;
-        let Signature::EcDsa(ecc) = sig else {
-            return Err(EvidenceError::Device(
-                "TPM returned a non-ECDSA quote signature".into(),
-            ));
-        };
-        let mut signature = [0u8; 64];
-        signature[..32].copy_from_slice(&pad32(ecc.signature_r().value())?);
-        signature[32..].copy_from_slice(&pad32(ecc.signature_s().value())?);
-        let quote = TpmQuote::parse(raw)?;
+        let (quote, signature) = quote(
+            &mut self.ctx,
+            self.ak,
+            &claims.tpm_qualifying_data(),
+            &[SLOT],
+        )?;
         Ok(Evidence::new(
             claims.clone(),
             self.certificate.clone(),
-            EvidenceProof::Tpm2 { quote, signature },
+            EvidenceProof::Tpm2 {
+                quote,
+                signature,
+                event_log: self.event_log.clone(),
+            },
         ))
     }
 }
@@ -263,7 +367,6 @@ pub fn attestation_key_public(tcti: &str) -> Result<VerifyingKey, EvidenceError>
 type Reply<T> = std::sync::mpsc::Sender<Result<T, EvidenceError>>;
 
 enum Command {
-    Measure(Sha256Digest, Reply<()>),
     Attest(Box<EvidenceClaims>, Reply<Evidence>),
 }
 
@@ -280,9 +383,14 @@ fn gone() -> EvidenceError {
 }
 
 impl TpmThread {
-    /// Opens the TPM at `tcti` on a new thread, loads the attestation key and checks that
-    /// `certificate` certifies it.
-    pub fn start(tcti: &str, certificate: FleetCertificate) -> Result<Self, EvidenceError> {
+    /// Opens the TPM at `tcti` on a new thread, loads the attestation key and starts a
+    /// [`TpmRoot`] with `certificate`, `event_log` and `release` (see [`TpmRoot::new`]).
+    pub fn start(
+        tcti: &str,
+        certificate: FleetCertificate,
+        event_log: EventLog,
+        release: Sha256Digest,
+    ) -> Result<Self, EvidenceError> {
         let (tx, rx) = std::sync::mpsc::channel::<Command>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), EvidenceError>>();
         let tcti = tcti.to_owned();
@@ -291,7 +399,7 @@ impl TpmThread {
             .spawn(move || {
                 let root = open(&tcti).and_then(|mut ctx| {
                     let (ak, _) = create_attestation_key(&mut ctx)?;
-                    TpmRoot::new(ctx, ak, certificate)
+                    TpmRoot::new(ctx, ak, certificate, event_log, release)
                 });
                 let mut root = match root {
                     Ok(r) => {
@@ -305,9 +413,6 @@ impl TpmThread {
                 };
                 for cmd in rx {
                     match cmd {
-                        Command::Measure(d, reply) => {
-                            let _ = reply.send(root.measure_release(&d));
-                        }
                         Command::Attest(c, reply) => {
                             let _ = reply.send(root.attest(&c));
                         }
@@ -323,11 +428,6 @@ impl TpmThread {
         let (reply, answer) = std::sync::mpsc::channel();
         self.tx.send(make(reply)).map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())?
-    }
-
-    /// [`TpmRoot::measure_release`] on the TPM thread.
-    pub fn measure_release(&self, release: &Sha256Digest) -> Result<(), EvidenceError> {
-        self.call(|r| Command::Measure(*release, r))
     }
 }
 

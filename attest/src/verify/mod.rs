@@ -7,8 +7,9 @@
 //!    set), its fleet certificate is signed by a fleet CA in the policy, with the role the
 //!    proof needs, and the proof (signature or TPM quote) is signed by the certified key;
 //! 2. **key binding**: the evidence binds the bundle's key configs (SHA-256 of their RFC 9458
-//!    bytes), key expiry and release digest (for a TPM: qualifying data and PCR 23), and the
-//!    nonce the caller asked for, if any;
+//!    bytes), key expiry and release digest (for a TPM: qualifying data, and the launch event
+//!    log replayed against the quoted PCR 13 under the policy's `tpmLaunch`), and the nonce the
+//!    caller asked for, if any;
 //! 3. **release signature and signer policy**: the DSSE signature verifies under an allowed
 //!    release signer and the policy's release rule holds (signers, pinned digests);
 //! 4. **log inclusion under a signed checkpoint**: the checkpoint is signed by a policy log key
@@ -305,7 +306,8 @@ impl Verifier {
 
         // 2. Key binding.
         run.step(2, NODE_STEPS[2], || {
-            ev.verify_binding().map_err(|e| e.to_string())?;
+            ev.verify_binding(self.policy.tpm_launch.as_ref(), b.release().statement().manifest())
+                .map_err(|e| e.to_string())?;
             let kc = b.key_configs().digest();
             if claims.key_config_digest != kc {
                 return Err(format!(

@@ -12,9 +12,15 @@
 //!   "requiredWitnesses":    0,
 //!   "maxCheckpointAgeSecs": 86400,
 //!   "clockSkewSecs":        60,
-//!   "rootsOfTrust":         ["tpm2"]
+//!   "rootsOfTrust":         ["tpm2"],
+//!   "tpmLaunch":            {"bootChain": ["sha256:…"], "launchers": ["sha256:…"]}
 //! }
 //! ```
+//!
+//! `tpmLaunch` is the allow-list for TPM evidence ([`crate::evidence::eventlog`]): the boot-chain
+//! measurements that may precede the launcher in PCR 13 and the `tandem-launch` executables
+//! that may launch a node (at least one). TPM evidence is refused without it, and a policy file
+//! that accepts only `tpm2` must have it.
 //!
 //! `pinnedReleaseDigests`, `releaseRule`, `witnessKeys`, `maxCheckpointAgeSecs` and
 //! `rootsOfTrust` are optional. `rootsOfTrust` lists the evidence kinds step 1 accepts
@@ -26,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::VerifyError;
 use crate::digest::Sha256Digest;
-use crate::evidence::FleetCaKey;
+use crate::evidence::{FleetCaKey, LaunchPolicy};
 use crate::log::{CosignerKey, NoteVerifier, WitnessPolicy};
 use crate::release::ReleaseSignerKey;
 
@@ -120,6 +126,8 @@ pub struct Policy {
     pub(crate) clock_skew_secs: u64,
     /// Evidence kinds accepted at step 1 (`software`, `tpm2`); empty accepts every kind.
     pub(crate) roots_of_trust: Vec<String>,
+    /// Allowed boot chains and launchers for TPM evidence (`tpmLaunch`).
+    pub(crate) tpm_launch: Option<LaunchPolicy>,
     /// `log_keys` and `witness_keys` parsed once (a parse error is reported by the checklist
     /// step that needs the key, as before), so a verification does no key decoding.
     pub(crate) parsed: ParsedLogKeys,
@@ -169,7 +177,20 @@ struct PolicyWire {
     clock_skew_secs: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     roots_of_trust: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm_launch: Option<TpmLaunchWire>,
 }
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TpmLaunchWire {
+    #[serde(default)]
+    boot_chain: Vec<Sha256Digest>,
+    launchers: Vec<Sha256Digest>,
+}
+
+/// Most digests a `tpmLaunch` list may hold.
+pub const MAX_LAUNCH_DIGESTS: usize = 256;
 
 /// Evidence kinds a policy may require (`rootsOfTrust`).
 pub const ROOT_OF_TRUST_KINDS: [&str; 2] = ["software", "tpm2"];
@@ -232,6 +253,35 @@ impl Policy {
             )));
         }
         self.roots_of_trust = kinds;
+        Ok(self)
+    }
+
+    /// The TPM launch allow-lists (`tpmLaunch`), if set.
+    pub fn tpm_launch(&self) -> Option<&LaunchPolicy> {
+        self.tpm_launch.as_ref()
+    }
+
+    /// Accepts TPM evidence whose launch event log passes `launch`: boot-chain events from
+    /// `launch.boot_chain`, a launcher from `launch.launchers` (at least one).
+    pub fn with_tpm_launch(mut self, launch: LaunchPolicy) -> Result<Self, VerifyError> {
+        if launch.launchers.is_empty() {
+            return Err(invalid(
+                "tpmLaunch.launchers is empty: no TPM launch could ever verify; list the \
+                 sha256 of the tandem-launch executable your nodes run",
+            ));
+        }
+        for (field, v) in [
+            ("bootChain", &launch.boot_chain),
+            ("launchers", &launch.launchers),
+        ] {
+            if v.len() > MAX_LAUNCH_DIGESTS {
+                return Err(invalid(format!(
+                    "tpmLaunch.{field} lists {} digests; at most {MAX_LAUNCH_DIGESTS}",
+                    v.len()
+                )));
+            }
+        }
+        self.tpm_launch = Some(launch);
         Ok(self)
     }
 
@@ -318,6 +368,7 @@ impl Policy {
             max_checkpoint_age_secs,
             clock_skew_secs,
             roots_of_trust: Vec::new(),
+            tpm_launch: None,
         })
     }
 
@@ -338,6 +389,10 @@ impl Policy {
             max_checkpoint_age_secs: self.max_checkpoint_age_secs,
             clock_skew_secs: self.clock_skew_secs,
             roots_of_trust: self.roots_of_trust.clone(),
+            tpm_launch: self.tpm_launch.as_ref().map(|l| TpmLaunchWire {
+                boot_chain: l.boot_chain.clone(),
+                launchers: l.launchers.clone(),
+            }),
         };
         serde_json::to_vec_pretty(&w).unwrap_or_default()
     }
@@ -359,7 +414,7 @@ impl TryFrom<PolicyWire> for Policy {
                 ReleaseSignerKey::from_pem(p).map_err(|e| invalid(format!("releaseSigners: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Self::new(
+        let mut p = Self::new(
             fleet,
             signers,
             w.pinned_release_digests,
@@ -370,7 +425,20 @@ impl TryFrom<PolicyWire> for Policy {
             w.max_checkpoint_age_secs,
             w.clock_skew_secs,
         )?
-        .with_roots_of_trust(w.roots_of_trust)
+        .with_roots_of_trust(w.roots_of_trust)?;
+        if let Some(l) = w.tpm_launch {
+            p = p.with_tpm_launch(LaunchPolicy {
+                boot_chain: l.boot_chain,
+                launchers: l.launchers,
+            })?;
+        }
+        if p.roots_of_trust == ["tpm2"] && p.tpm_launch.is_none() {
+            return Err(invalid(
+                "rootsOfTrust accepts only tpm2 but there is no tpmLaunch allow-list, so no \
+                 node could verify; add tpmLaunch.launchers (and bootChain)",
+            ));
+        }
+        Ok(p)
     }
 }
 

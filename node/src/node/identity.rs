@@ -144,11 +144,14 @@ pub fn load_software_root(key: &Path, cert: &Path) -> Result<SoftwareRoot, NodeE
     })
 }
 
-/// Starts the TPM root: opens the TPM at `tcti` on its own thread, checks that the fleet
-/// certificate in `cert` certifies its attestation key, and measures `release` into PCR 23.
+/// Starts the TPM root: reads the launch event log `tandem-launch` wrote (`event_log`), opens
+/// the TPM at `tcti` on its own thread, checks that the fleet certificate in `cert` certifies
+/// its attestation key, that the log replays to PCR 13 and that it launched `release`. The
+/// node extends nothing: what the verifier trusts was measured before the node ran.
 pub fn load_tpm_root(
     tcti: &str,
     cert: &Path,
+    event_log: &Path,
     release: &tandem_attest::digest::Sha256Digest,
 ) -> Result<tandem_attest::evidence::tpm_device::TpmThread, NodeError> {
     let c = read_cert(
@@ -157,12 +160,23 @@ pub fn load_tpm_root(
         "a TPM attestation key",
         "; certify the key `tandem-node tpm-ak` prints",
     )?;
-    let root = tandem_attest::evidence::tpm_device::TpmThread::start(tcti, c).map_err(|e| {
-        NodeError::Identity(format!("TPM at {tcti:?} with {}: {e}", cert.display()))
+    let bytes = std::fs::read(event_log).map_err(|e| {
+        NodeError::Identity(format!(
+            "reading the launch event log {}: {e}; a TPM-rooted node must be started by \
+             tandem-launch, which measures it into PCR 13 and writes that log (pass its path \
+             with --tpm-event-log)",
+            event_log.display()
+        ))
     })?;
-    root.measure_release(release)
-        .map_err(|e| NodeError::Identity(format!("measuring the release into the TPM: {e}")))?;
-    Ok(root)
+    let log = tandem_attest::evidence::EventLog::parse(&bytes)
+        .map_err(|e| NodeError::Identity(format!("{}: {e}", event_log.display())))?;
+    tandem_attest::evidence::tpm_device::TpmThread::start(tcti, c, log, *release).map_err(|e| {
+        NodeError::Identity(format!(
+            "TPM at {tcti:?} with {} and {}: {e}",
+            cert.display(),
+            event_log.display()
+        ))
+    })
 }
 
 /// Writes the TPM attestation key's fleet certificate into an identity directory.

@@ -160,9 +160,14 @@ impl Node {
             ResolvedRoot::Software { key, cert } => {
                 Box::new(identity::load_software_root(key, cert)?)
             }
-            ResolvedRoot::Tpm { tcti, cert } => Box::new(identity::load_tpm_root(
+            ResolvedRoot::Tpm {
                 tcti,
                 cert,
+                event_log,
+            } => Box::new(identity::load_tpm_root(
+                tcti,
+                cert,
+                event_log,
                 &bundle.release_digest(),
             )?),
         };

@@ -38,6 +38,10 @@ pub struct Args {
     /// TSS2 TCTI of this node's TPM (root_of_trust kind "tpm"); overrides the config's `tcti`.
     #[arg(long, value_name = "TCTI")]
     tpm_tcti: Option<String>,
+    /// The launch event log tandem-launch wrote (root_of_trust kind "tpm"; default
+    /// /run/tandem/launch.evlog). tandem-launch passes it.
+    #[arg(long, value_name = "FILE")]
+    tpm_event_log: Option<PathBuf>,
     /// Check the config and files, print the resolved config as JSON, and exit without
     /// loading models or binding.
     #[arg(long)]
@@ -56,6 +60,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             tls_key: a.tls_key,
             release_bundle: a.release,
             tpm_tcti: a.tpm_tcti,
+            tpm_event_log: a.tpm_event_log,
         },
     )?;
     if a.check {

@@ -73,7 +73,9 @@ pub use request::{
     MAX_RECIPIENTS, OpenedRequest, RequestHeader, RequestId, RoutingMetadata, SealOptions,
     SealedRequest, SizeBucket, open_request, seal_request, seal_request_with_rng,
 };
-pub use response::{Responder, ResponseContext, ResponseHead};
+pub use response::{
+    MAX_STATUS_DETAIL_LEN, Responder, ResponseContext, ResponseHead, SEALED_STATUS_LEN,
+};
 pub use stream::{ChunkOpener, ChunkRef, ChunkSealer, Limits, OpenedChunk};
 
 /// The operating system's RNG. Panics only if the OS cannot supply randomness, which no input

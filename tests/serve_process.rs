@@ -18,6 +18,7 @@ fn bin() -> PathBuf {
 
 fn serve_cmd(f: &Fleet, cwd: &Path) -> Command {
     let mut c = Command::new(bin());
+    tandem_node::node::environ::scrub(&mut c);
     c.arg("serve")
         .arg("--config")
         .arg(&f.config_path)
@@ -264,7 +265,7 @@ async fn config_is_checked_before_anything_starts() {
     assert!(stderr.contains("key_lifetime_secs"), "{stderr}");
     // No identity directory: the error says which flag to pass.
     std::fs::write(&f.config_path, &text).unwrap();
-    let out = Command::new(bin())
+    let out = tandem_node::node::environ::scrub(&mut Command::new(bin()))
         .args(["serve", "--config"])
         .arg(&f.config_path)
         .args(["--listen", "127.0.0.1:0"])
@@ -295,7 +296,7 @@ async fn node_with_a_tpm_root_serves_tpm_evidence() {
     let tpm = Swtpm::start().unwrap();
     let tcti = tpm.tcti();
     // Enrolment: the AK's public key from the CLI, certified by the fleet CA.
-    let out = Command::new(bin())
+    let out = tandem_node::node::environ::scrub(&mut Command::new(bin()))
         .args(["tpm-ak", "--tcti", &tcti, "--json"])
         .output()
         .unwrap();
@@ -309,7 +310,7 @@ async fn node_with_a_tpm_root_serves_tpm_evidence() {
         .decode(v["public_key_sec1_base64"].as_str().unwrap())
         .unwrap();
     let ak = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).unwrap();
-    let pem = Command::new(bin())
+    let pem = tandem_node::node::environ::scrub(&mut Command::new(bin()))
         .args(["tpm-ak", "--tcti", &tcti])
         .output()
         .unwrap()

@@ -91,6 +91,19 @@ pub enum RemoteError {
     /// The response stream is malformed, truncated or fails authentication.
     #[error("response: {0}")]
     Response(String),
+    /// A node refused the request before answering; the detail (exact sizes and limits) was
+    /// sealed to this device and opened here, the gateway saw only `code`.
+    #[error("{call} failed: {code}: the node refused the request: {detail}")]
+    Refused {
+        /// The call (`Submit`).
+        call: &'static str,
+        /// The gRPC status code name the gateway relayed.
+        code: String,
+        /// The node's own code number (google.rpc.Code), from the sealed detail.
+        node_code: u32,
+        /// The node's detail message.
+        detail: String,
+    },
     /// The node reported an error after the response started.
     #[error("node error {code}: {message}")]
     Node {

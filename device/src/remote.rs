@@ -15,8 +15,8 @@ use tandem_attest::verify::{
 };
 use tandem_proto::v1::gateway_client::GatewayClient;
 use tandem_proto::v1::{
-    DiscoverRequest, InferenceRequest, Receipt, ResponseEvent, SubmitRequest, response_event,
-    submit_reply,
+    DiscoverRequest, InferenceRequest, NodeError, Receipt, ResponseEvent, SubmitRequest,
+    response_event, submit_reply,
 };
 use tandem_proto::{
     Limits, ResponseContext, ResponseHead, RoutingMetadata, SealOptions, SizeBucket, seal_request,
@@ -120,6 +120,38 @@ impl std::fmt::Debug for Remote {
 
 fn digest_hex(d: &[u8; 32]) -> String {
     format!("sha256:{}", hex::encode(d))
+}
+
+/// A Submit refused before the response head: the node's sealed detail when it attached one
+/// (`tandem_proto::SEALED_STATUS_METADATA`), opened with this request's context; else the
+/// status as relayed. A sealed status that does not open is an error of its own (it was
+/// altered, or answers another request), never silently dropped.
+fn refusal(s: &tonic::Status, ctx: ResponseContext) -> RemoteError {
+    let Some(bytes) = s
+        .metadata()
+        .get_bin(tandem_proto::SEALED_STATUS_METADATA)
+        .and_then(|v| v.to_bytes().ok())
+    else {
+        return status("Submit", s);
+    };
+    match ctx.open_status(&bytes) {
+        Ok(detail) => match NodeError::decode(detail.as_slice()) {
+            Ok(e) => RemoteError::Refused {
+                call: "Submit",
+                code: format!("{:?}", s.code()),
+                node_code: e.code,
+                detail: e.message,
+            },
+            Err(e) => RemoteError::Response(format!(
+                "the node's sealed status opened but is not a NodeError ({e}); the node is faulty"
+            )),
+        },
+        Err(e) => RemoteError::Response(format!(
+            "Submit failed with {:?} and a sealed status that does not open ({e}): it was \
+             altered in transit or answers another request",
+            s.code()
+        )),
+    }
 }
 
 fn status(call: &'static str, s: &tonic::Status) -> RemoteError {
@@ -406,26 +438,30 @@ impl Remote {
             sealed_request: sealed,
             node_handles: verified.iter().map(|(h, _)| h.clone()).collect(),
         });
-        let mut stream = tokio::time::timeout(self.timeouts.first_chunk(), submit)
+        let mut stream = match tokio::time::timeout(self.timeouts.first_chunk(), submit)
             .await
             .map_err(|_| RemoteError::Timeout(self.timeouts.first_chunk(), "waiting for Submit"))?
-            .map_err(|s| status("Submit", &s))?
-            .into_inner();
-        let first = tokio::time::timeout(self.timeouts.first_chunk(), stream.message())
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(refusal(&s, ctx)),
+        };
+        let first = match tokio::time::timeout(self.timeouts.first_chunk(), stream.message())
             .await
             .map_err(|_| {
                 RemoteError::Timeout(self.timeouts.first_chunk(), "waiting for the response head")
-            })?
-            .map_err(|s| status("Submit", &s))?
-            .ok_or_else(|| {
+            })? {
+            Ok(m) => m.ok_or_else(|| {
                 RemoteError::Response("the stream ended before the response head".into())
-            })?;
+            })?,
+            Err(s) => return Err(refusal(&s, ctx)),
+        };
         let Some(submit_reply::Part::Head(resp_head)) = first.part else {
             return Err(RemoteError::Response(
                 "the first message is not a response head".into(),
             ));
         };
         *head = true;
+        let request_id = ctx.request_id();
         let answered = ResponseHead::parse(&resp_head)
             .map_err(|e| RemoteError::Response(format!("response head: {e}")))?
             .recipient_index;
@@ -467,7 +503,29 @@ impl Remote {
                     opener
                         .finish()
                         .map_err(|e| RemoteError::Response(format!("stream end: {e}")))?;
-                    return check_receipt(&r, &node, job, tokens);
+                    let receipt = check_receipt(&r, &node, job, tokens)?;
+                    // One answer per request id: after the final chunk the stream must end. A
+                    // request sealed to K nodes can be run by each of them (a gateway replaying
+                    // it to another recipient); a second head or anything else is refused.
+                    return match tokio::time::timeout(self.timeouts.request(), stream.message())
+                        .await
+                    {
+                        Ok(Ok(None)) => Ok(receipt),
+                        Ok(Ok(Some(_))) => Err(RemoteError::Response(format!(
+                            "a second answer to request {request_id} after its final chunk: the \
+                             gateway relayed more than one recipient's answer (the request was \
+                             replayed to another node); the first answer is refused too"
+                        ))),
+                        Ok(Err(s)) => Err(RemoteError::Response(format!(
+                            "the stream of request {request_id} failed after its final chunk \
+                             ({:?}); the answer is refused",
+                            s.code()
+                        ))),
+                        Err(_) => Err(RemoteError::Timeout(
+                            self.timeouts.request(),
+                            "waiting for the stream to end after the final chunk",
+                        )),
+                    };
                 }
                 (Some(response_event::Event::Error(e)), true) => {
                     return Err(RemoteError::Node {

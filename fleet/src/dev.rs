@@ -529,6 +529,9 @@ fn spawn_node(
     let node_err = |reason: String| DevError::Node { index, reason };
     let mut cmd = Command::new(binary);
     die_with_parent(&mut cmd);
+    // The node config `dev` writes pins no environment: start nodes without the variables a
+    // node refuses or needs pinned (`LD_LIBRARY_PATH` from cargo, `RUST_BACKTRACE`, …).
+    tandem_node::node::environ::scrub(&mut cmd);
     let mut child = cmd
         .arg("serve")
         .arg("--config")

@@ -144,6 +144,28 @@ fn try_next(code: Code) -> bool {
     )
 }
 
+/// What the gateway relays of a node's refusal: its code and message, and the node's sealed
+/// status (opaque bytes only the device can open) — never any other metadata.
+fn relayed(code: Code, message: impl Into<String>, sealed: Option<&[u8]>) -> Status {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    if let Some(b) = sealed {
+        metadata.insert_bin(
+            tandem_proto::SEALED_STATUS_METADATA,
+            tonic::metadata::MetadataValue::from_bytes(b),
+        );
+    }
+    Status::with_metadata(code, message, metadata)
+}
+
+/// The sealed status a node attached to its refusal, if any.
+fn sealed_status(status: &Status) -> Option<Vec<u8>> {
+    status
+        .metadata()
+        .get_bin(tandem_proto::SEALED_STATUS_METADATA)
+        .and_then(|v| v.to_bytes().ok())
+        .map(|b| b.to_vec())
+}
+
 /// Sends the request to one node and waits for its first message.
 async fn first_message(
     node: &FleetNode,
@@ -282,6 +304,7 @@ impl Gateway for GatewayService {
         // 3. First node that answers wins; a node failing before its first message is skipped.
         let tried = nodes.len();
         let mut last = Code::Unavailable;
+        let mut last_sealed = None;
         for node in nodes {
             let attempt = tokio::time::timeout(
                 self.first_message_timeout,
@@ -320,18 +343,29 @@ impl Gateway for GatewayService {
                         code: status.code(),
                     });
                     last = status.code();
+                    last_sealed = sealed_status(&status);
                 }
                 Err(status) => {
                     // The node judged the request itself; every node would say the same.
                     self.metrics.submit_rejected.inc();
-                    return Err(status);
+                    return Err(relayed(
+                        status.code(),
+                        status.message(),
+                        sealed_status(&status).as_deref(),
+                    ));
                 }
             }
         }
         self.metrics.submit_no_node.inc();
-        Err(Status::unavailable(format!(
-            "none of the {tried} nodes answered (last failure: gRPC {last:?}); call Discover \
-             again and reseal to the new candidates"
-        )))
+        // The last node's sealed status (if it opened the request) goes to the device: it says
+        // why that node refused, which only the device may read.
+        Err(relayed(
+            Code::Unavailable,
+            format!(
+                "none of the {tried} nodes answered (last failure: gRPC {last:?}); call Discover \
+                 again and reseal to the new candidates"
+            ),
+            last_sealed.as_deref(),
+        ))
     }
 }

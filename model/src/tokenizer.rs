@@ -15,11 +15,20 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Parses `tokenizer.json` bytes (`path` for messages only).
+    ///
+    /// The word cache of BPE and Unigram models (up to 10,000 recently seen words of input
+    /// text, kept for the life of the tokenizer) is turned off: a node tokenizes other people's
+    /// prompts and must not keep their words after a request (ARCHITECTURE.md, "plaintext in
+    /// memory after a request"); tokenizing is a negligible part of a request either way.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> std::result::Result<Self, LoadError> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| LoadError::Tokenizer {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let mut inner =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| LoadError::Tokenizer {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let mut model = inner.get_model().clone();
+        model.resize_cache(0);
+        inner.with_model(model);
         Ok(Tokenizer { inner })
     }
 

@@ -145,6 +145,13 @@ pub struct NodeConfig {
     /// Request limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The environment variables that change the node's behaviour (`crate::node::environ`)
+    /// this release runs with, e.g. `RUST_LOG = "info"`: at start every such variable present
+    /// must be listed here with the same value, and every listed one present; otherwise the node
+    /// refuses to start. The config is measured into the release, so these values are too.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub environment: std::collections::BTreeMap<String, String>,
 }
 
 /// One model directory to serve.
@@ -246,6 +253,7 @@ impl NodeConfig {
             log_refresh_secs: default_log_refresh(),
             adapter_cache_bytes: default_adapter_cache(),
             limits: LimitsConfig::default(),
+            environment: std::collections::BTreeMap::new(),
         }
     }
 

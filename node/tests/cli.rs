@@ -24,7 +24,10 @@ fn offers_only_node_commands() {
 fn missing_config_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("node.toml");
-    let out = Command::new(BIN)
+    let mut cmd = Command::new(BIN);
+    // `cargo test` sets LD_LIBRARY_PATH, which the node refuses (`tests/node_environment.rs`).
+    tandem_node::node::environ::scrub(&mut cmd);
+    let out = cmd
         .args(["serve", "--check", "--config"])
         .arg(&missing)
         .output()

@@ -244,6 +244,31 @@ pub enum ResponseError {
         "response head does not belong to this request: it answers another request, or the head          was altered in transit"
     )]
     WrongRequest,
+    /// A sealed status is not the one fixed length every sealed status has.
+    #[error(
+        "sealed status is {len} bytes; every sealed status is {expected} bytes (head, one final \
+         chunk of a padded detail): it was cut or extended in transit"
+    )]
+    StatusLength {
+        /// Bytes received.
+        len: usize,
+        /// The fixed length.
+        expected: usize,
+    },
+    /// A sealed status's chunk is not marked final.
+    #[error("sealed status chunk is not marked final: it is not a sealed status")]
+    StatusNotFinal,
+    /// A sealed status opened, but its padding is malformed (the node that sealed it is faulty).
+    #[error(
+        "sealed status detail declares {len} bytes but at most {max} fit, or its padding is not \
+         zero: the node sealed a malformed status"
+    )]
+    StatusPadding {
+        /// Declared detail length.
+        len: usize,
+        /// Most detail bytes a sealed status holds.
+        max: usize,
+    },
 }
 
 impl From<Short> for ResponseError {

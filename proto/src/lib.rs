@@ -73,8 +73,17 @@ pub use request::{
     MAX_RECIPIENTS, OpenedRequest, RequestHeader, RequestId, RoutingMetadata, SealOptions,
     SealedRequest, SizeBucket, open_request, seal_request, seal_request_with_rng,
 };
-pub use response::{Responder, ResponseContext, ResponseHead};
+pub use response::{
+    MAX_STATUS_DETAIL_LEN, Responder, ResponseContext, ResponseHead, SEALED_STATUS_LEN,
+};
 pub use stream::{ChunkOpener, ChunkRef, ChunkSealer, Limits, OpenedChunk};
+
+/// The gRPC metadata key (binary) of a node's sealed status: when a node refuses a request it
+/// has opened, its `tonic::Status` carries a code, a generic message and, under this key, the
+/// [`Responder::seal_status`] bytes with the detail, which only the device can open
+/// ([`ResponseContext::open_status`]). The gateway relays the code, the message and this one
+/// entry.
+pub const SEALED_STATUS_METADATA: &str = "tandem-sealed-status-bin";
 
 /// The operating system's RNG. Panics only if the OS cannot supply randomness, which no input
 /// can cause.

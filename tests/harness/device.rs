@@ -23,6 +23,12 @@ impl Fleet {
 }
 
 pub fn start_fleet() -> Fleet {
+    start_fleet_logged(None)
+}
+
+/// [`start_fleet`], with the fleet's standard error (gateway events, node log lines) written
+/// to `stderr` when given.
+pub fn start_fleet_logged(stderr: Option<&std::path::Path>) -> Fleet {
     let key_dir = tempfile::tempdir().unwrap();
     let key_file = key_dir.path().join("log.key");
     let (log_signer, skey) = tandem_attest::log::NoteSigner::generate_with_rng(
@@ -31,7 +37,7 @@ pub fn start_fleet() -> Fleet {
     )
     .unwrap();
     std::fs::write(&key_file, skey).unwrap();
-    let run = DevRun::start_with(2, &["--log-key".as_ref(), key_file.as_os_str()]);
+    let run = DevRun::start_logged(2, &["--log-key".as_ref(), key_file.as_os_str()], stderr);
     let config = Config::from_json(&serde_json::to_vec(&run.config).unwrap())
         .expect("dev writes a valid device config");
     Fleet {

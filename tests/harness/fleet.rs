@@ -47,6 +47,16 @@ impl DevRun {
 
     /// Starts `tandem-fleet dev` with `extra` arguments after the usual ones.
     pub fn start_with(nodes: usize, extra: &[&std::ffi::OsStr]) -> DevRun {
+        DevRun::start_logged(nodes, extra, None)
+    }
+
+    /// [`DevRun::start_with`], writing the process's standard error (the gateway's events and
+    /// the nodes' log lines) to `stderr` when given.
+    pub fn start_logged(nodes: usize, extra: &[&std::ffi::OsStr], stderr: Option<&Path>) -> DevRun {
+        let stderr = match stderr {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::null(),
+        };
         let dir = tempfile::tempdir().unwrap();
         let device_config = dir.path().join("device.json");
         let mut child = Command::new(crate::bins::path("tandem-fleet"))
@@ -56,7 +66,7 @@ impl DevRun {
             .arg(models_dir())
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();

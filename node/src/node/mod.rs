@@ -15,6 +15,7 @@
 
 pub mod batch;
 pub mod engine;
+pub mod environ;
 pub mod event;
 pub mod identity;
 pub mod keys;

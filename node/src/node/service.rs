@@ -1,6 +1,7 @@
 //! The `tandem.v1.Node` gRPC service: `Submit`, `GetAttestation`, `GetKeyConfigs`.
 //!
-//! `Submit` runs these steps in order; any failure before the head is a `tonic::Status` (see
+//! `Submit` runs these steps in order; any failure before the head is a `tonic::Status` with
+//! the code and a generic message, and from step 3 on the detail sealed to the device (see
 //! [`super::status`]):
 //! 1. refuse if draining; rotate keys if due;
 //! 2. parse the sealed request's framing; pick the live keys it is sealed to;
@@ -84,11 +85,28 @@ struct Admitted {
     responder: tandem_proto::Responder,
 }
 
+/// A refused request: why, and (once it was opened) the responder to seal the detail with.
+struct Rejected {
+    failure: Failure,
+    responder: Option<Box<tandem_proto::Responder>>,
+}
+
+impl From<Failure> for Rejected {
+    fn from(failure: Failure) -> Self {
+        Rejected {
+            failure,
+            responder: None,
+        }
+    }
+}
+
 impl Shared {
-    fn admit(&self, sealed: &[u8]) -> Result<Admitted, Failure> {
+    /// Steps 1–6; a failure after step 3 keeps the responder, so its detail is sealed to the
+    /// device rather than told to the gateway.
+    fn admit(&self, sealed: &[u8]) -> Result<Admitted, Rejected> {
         // 1.
         if self.draining.load(Ordering::SeqCst) {
-            return Err(Failure::Draining);
+            return Err(Failure::Draining.into());
         }
         let now = self.clock.now();
         if let Ok(m) = self.keys.maintain(now)
@@ -105,7 +123,8 @@ impl Shared {
             return Err(Failure::NoLiveKey {
                 sealed_to: ids,
                 live: self.keys.live_ids(now),
-            });
+            }
+            .into());
         }
         // 3.
         let mut last = None;
@@ -122,15 +141,34 @@ impl Shared {
         let Some((key, opened)) = opened else {
             return Err(last
                 .map(Failure::from_proto)
-                .unwrap_or_else(|| Failure::Internal("no key tried".into())));
+                .unwrap_or_else(|| Failure::Internal("no key tried".into()))
+                .into());
         };
-        key.replay
+        let tandem_proto::OpenedRequest {
+            header,
+            body,
+            responder,
+        } = opened;
+        let checked = key
+            .replay
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .check(&opened.header, now)
-            .map_err(Failure::from_proto)?;
+            .check(&header, now)
+            .map_err(Failure::from_proto)
+            .and_then(|()| self.check(&header, &body));
+        match checked {
+            Ok(job) => Ok(Admitted { job, responder }),
+            Err(failure) => Err(Rejected {
+                failure,
+                responder: Some(Box::new(responder)),
+            }),
+        }
+    }
+
+    /// Steps 4–6 on an opened request.
+    fn check(&self, header: &tandem_proto::RequestHeader, body: &[u8]) -> Result<Job, Failure> {
         // 4.
-        let mut req = v1::InferenceRequest::decode(&opened.body[..])
+        let mut req = v1::InferenceRequest::decode(body)
             .map_err(|e| Failure::Malformed(format!("InferenceRequest: {e}")))?;
         let prompt = Zeroizing::new(std::mem::take(&mut req.prompt));
         if prompt.len() > self.limits.max_prompt_bytes {
@@ -150,7 +188,7 @@ impl Shared {
         }
         // 5.
         let model_digest = ModelDigest(Sha256Digest(digest32(&req.model_digest, "model_digest")?));
-        if model_digest.to_string() != opened.header.routing.model_id {
+        if model_digest.to_string() != header.routing.model_id {
             return Err(Failure::Malformed(
                 "model_digest in the body differs from the header's model_id".into(),
             ));
@@ -164,7 +202,7 @@ impl Shared {
             )?)))
         };
         let header_adapter = adapter_digest.map(|d| d.to_string()).unwrap_or_default();
-        if header_adapter != opened.header.routing.adapter_id {
+        if header_adapter != header.routing.adapter_id {
             return Err(Failure::Malformed(
                 "adapter_digest in the body differs from the header's adapter_id".into(),
             ));
@@ -201,34 +239,33 @@ impl Shared {
         if !top_p.is_finite() || !(0.0..=1.0).contains(&top_p) {
             return Err(Failure::Malformed("top_p must be in [0, 1]".into()));
         }
-        Ok(Admitted {
-            job: Job {
-                model: model_digest,
-                adapter,
-                prompt_ids: ids,
-                max_new_tokens: req.max_new_tokens,
-                sampling: SamplingParams {
-                    temperature,
-                    top_k: None,
-                    top_p: (top_p > 0.0).then_some(top_p),
-                    repetition_penalty: 1.0,
-                    seed: req.seed,
-                },
+        Ok(Job {
+            model: model_digest,
+            adapter,
+            prompt_ids: ids,
+            max_new_tokens: req.max_new_tokens,
+            sampling: SamplingParams {
+                temperature,
+                top_k: None,
+                top_p: (top_p > 0.0).then_some(top_p),
+                repetition_penalty: 1.0,
+                seed: req.seed,
             },
-            responder: opened.responder,
         })
     }
 }
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<SubmitReply, Status>> + Send + 'static>>;
 
-fn reject(f: &Failure, start: Instant) -> Status {
+/// Logs the refusal and builds its status: code and generic message for the gateway, the
+/// detail sealed to the device when the request was opened (`super::status`).
+fn reject(f: &Failure, responder: Option<tandem_proto::Responder>, start: Instant) -> Status {
     event::emit(&event::Event::RequestRejected {
         reason: f.kind(),
         code: f.code() as i32,
         ms: start.elapsed().as_millis() as u64,
     });
-    f.to_status()
+    f.to_status(responder)
 }
 
 #[tonic::async_trait]
@@ -249,17 +286,18 @@ impl Node for NodeService {
         let admitted = tokio::task::spawn_blocking(move || s2.admit(&sealed))
             .await
             .map_err(|_| Status::internal("request task failed"))?
-            .map_err(|f| reject(&f, start))?;
+            .map_err(|r| reject(&r.failure, r.responder.map(|b| *b), start))?;
         // 7.
-        let place = s.places.clone().try_acquire_owned().map_err(|_| {
-            reject(
+        let Ok(place) = s.places.clone().try_acquire_owned() else {
+            return Err(reject(
                 &Failure::Busy(format!(
                     "queue full ({} waiting or running); retry on another node",
                     s.limits.queue_depth + s.limits.max_concurrent
                 )),
+                Some(admitted.responder),
                 start,
-            )
-        })?;
+            ));
+        };
         let done = {
             let s = s.clone();
             move |out: engine::Outcome| {
@@ -297,8 +335,16 @@ impl Node for NodeService {
         let slot =
             match tokio::time::timeout_at(deadline.into(), s.slots.clone().acquire_owned()).await {
                 Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(reject(&Failure::Draining, start)),
-                Err(_) => return Err(reject(&Failure::Deadline(deadline_secs), start)),
+                Ok(Err(_)) => {
+                    return Err(reject(&Failure::Draining, Some(admitted.responder), start));
+                }
+                Err(_) => {
+                    return Err(reject(
+                        &Failure::Deadline(deadline_secs),
+                        Some(admitted.responder),
+                        start,
+                    ));
+                }
             };
         // 8.
         let (head, sealer) = admitted.responder.start(Limits::default());

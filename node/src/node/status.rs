@@ -14,10 +14,18 @@
 //! | node draining (SIGTERM) | `UNAVAILABLE` |
 //! | model failure | `INTERNAL` |
 //!
-//! Before the response head these become a `tonic::Status`; after it, a sealed
-//! `NodeError{code, message}` final chunk with the same code number. Messages name sizes, ids
-//! and digests only — never prompt or output text.
+//! Before the response head these become a `tonic::Status` that the gateway can read, so it
+//! carries only the code and a fixed message per code ([`Failure::public_message`]): the
+//! gateway fails over on the code, and learns no size, limit, key id or digest. Once the
+//! request is opened, the detail (`NodeError{code, message}`, the [`Failure`]'s `Display`) is
+//! also sealed to the device as a sealed status in the status metadata
+//! ([`tandem_proto::SEALED_STATUS_METADATA`]); a failure before opening has no one to seal to
+//! and only the code. After the head, failures are a sealed `NodeError` final chunk with the
+//! same code number. Messages name sizes, ids and digests only — never prompt or output text.
 
+use prost::Message as _;
+use tandem_proto::{MAX_STATUS_DETAIL_LEN, Responder};
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 /// Why a request failed.
@@ -137,9 +145,58 @@ impl Failure {
         }
     }
 
-    /// As a gRPC status (before the response head).
-    pub fn to_status(&self) -> Status {
-        Status::new(self.code(), self.to_string())
+    /// The message of the gRPC status the gateway relays: fixed per code, no number, id or
+    /// digest of the request or of this node.
+    pub fn public_message(&self) -> &'static str {
+        match self.code() {
+            Code::InvalidArgument => "the node refused the request as malformed",
+            Code::FailedPrecondition => {
+                "the node cannot take this request: its key expired or rotated away, the \
+                 request is for another node, or it was sealed too long ago; fetch a fresh \
+                 attestation and seal again"
+            }
+            Code::AlreadyExists => "the node has seen this request id before; seal it again",
+            Code::ResourceExhausted => "the node is at capacity or the request is too large for it",
+            Code::OutOfRange => "the request asks for more tokens than the node allows",
+            Code::NotFound => "the node does not serve the requested model or adapter",
+            Code::DeadlineExceeded => "the node's deadline passed before generation started",
+            Code::Unavailable => "the node is shutting down; retry on another node",
+            _ => "the node failed",
+        }
+    }
+
+    /// As a gRPC status (before the response head): the code and [`Failure::public_message`];
+    /// with the opened request's `responder`, the detail sealed to the device under
+    /// [`tandem_proto::SEALED_STATUS_METADATA`].
+    pub fn to_status(&self, responder: Option<Responder>) -> Status {
+        let mut metadata = MetadataMap::new();
+        if let Some(sealed) = responder.and_then(|r| r.seal_status(&self.detail()).ok()) {
+            metadata.insert_bin(
+                tandem_proto::SEALED_STATUS_METADATA,
+                MetadataValue::from_bytes(&sealed),
+            );
+        }
+        Status::with_metadata(self.code(), self.public_message(), metadata)
+    }
+
+    /// The sealed detail: `NodeError{code, message}`, the message cut (at a character
+    /// boundary) to fit a sealed status.
+    fn detail(&self) -> Vec<u8> {
+        let mut message = self.to_string();
+        // Room for the two fields' tags, lengths and the code varint.
+        let max = MAX_STATUS_DETAIL_LEN - 16;
+        if message.len() > max {
+            let mut cut = max;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        tandem_proto::v1::NodeError {
+            code: self.code() as u32,
+            message,
+        }
+        .encode_to_vec()
     }
 
     /// From a `tandem-proto` error while opening a request. These messages carry lengths, ids
@@ -190,7 +247,64 @@ mod tests {
         ];
         for (f, c) in cases {
             assert_eq!(f.code(), c, "{f:?}");
-            assert_eq!(f.to_status().code(), c);
+            assert_eq!(f.to_status(None).code(), c);
         }
+    }
+
+    /// What the gateway can read names no number; the device opens the detail.
+    #[test]
+    fn the_status_says_only_the_code_and_the_detail_is_sealed() {
+        use tandem_proto::{Limits, NodeKey, RoutingMetadata, SealOptions, SizeBucket, Suite};
+        let node = NodeKey::generate(3, &Suite::ALL).expect("key");
+        let routing = RoutingMetadata {
+            model_id: "m".into(),
+            adapter_id: String::new(),
+            size_bucket: SizeBucket(0),
+        };
+        let (sealed, ctx) = tandem_proto::seal_request(
+            &[node.config().clone()],
+            &routing,
+            1,
+            b"q",
+            &SealOptions::default(),
+        )
+        .expect("seal");
+        let opened = tandem_proto::open_request(&node, &sealed, &Limits::default()).expect("open");
+        let f = Failure::ContextTooLong {
+            prompt: 1237,
+            new: 211,
+            context: 256,
+        };
+        let status = f.to_status(Some(opened.responder));
+        assert_eq!(status.code(), Code::OutOfRange);
+        assert!(!status.message().contains("1237") && !status.message().contains("211"));
+        let bytes = status
+            .metadata()
+            .get_bin(tandem_proto::SEALED_STATUS_METADATA)
+            .expect("sealed status attached")
+            .to_bytes()
+            .expect("binary metadata");
+        let detail = ctx.open_status(&bytes).expect("opens");
+        let e = tandem_proto::v1::NodeError::decode(&detail[..]).expect("NodeError");
+        assert_eq!(e.code, Code::OutOfRange as u32);
+        assert_eq!(e.message, f.to_string());
+        assert!(e.message.contains("1237 prompt tokens + 211 new tokens"));
+        // A long message is cut to fit, never refused.
+        let long = Failure::Internal("é".repeat(400));
+        let (sealed, _) = tandem_proto::seal_request(
+            &[node.config().clone()],
+            &routing,
+            1,
+            b"q",
+            &SealOptions::default(),
+        )
+        .expect("seal");
+        let opened = tandem_proto::open_request(&node, &sealed, &Limits::default()).expect("open");
+        assert!(
+            long.to_status(Some(opened.responder))
+                .metadata()
+                .get_bin(tandem_proto::SEALED_STATUS_METADATA)
+                .is_some()
+        );
     }
 }

@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 mod serve_cmd;
 mod tpm_cmd;
 
+/// Every freed block is zeroed first: a request's plaintext copies (tokenizer, tensors, text)
+/// do not stay readable in freed memory after the request (`tandem_node::zeroing`).
+#[global_allocator]
+static ALLOC: tandem_node::zeroing::ZeroOnFree<std::alloc::System> =
+    tandem_node::zeroing::ZeroOnFree(std::alloc::System);
+
 /// A Tandem compute node: opens sealed requests, runs the model, streams sealed answers.
 #[derive(Debug, Parser)]
 #[command(name = "tandem-node", version)]
@@ -23,13 +29,18 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    // SAFETY: the first statement of `main`: no other thread exists yet.
+    // The environment as the node was started, before `default_thread_count` sets
+    // RAYON_NUM_THREADS (a read; no thread exists yet).
+    let env = tandem_node::node::environ::Snapshot::capture();
+    // SAFETY: no other thread exists yet (the line above only reads the environment).
     #[allow(unsafe_code)]
     unsafe {
         tandem_model::default_thread_count()
     };
-    match Cli::parse().cmd {
-        Cmd::Serve(a) => serve_cmd::run(a),
+    let cli = Cli::parse();
+    env.refuse_loader_variables()?;
+    match cli.cmd {
+        Cmd::Serve(a) => serve_cmd::run(a, &env),
         Cmd::TpmAk(a) => tpm_cmd::run(a),
     }
 }

@@ -48,9 +48,11 @@ pub struct Args {
     check: bool,
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+pub fn run(a: Args, env: &tandem_node::node::environ::Snapshot) -> anyhow::Result<()> {
     // Validate everything before any port is bound.
     let (cfg, bytes) = NodeConfig::load(&a.config)?;
+    env.check(&cfg.environment)
+        .with_context(|| format!("the environment does not match {}", a.config.display()))?;
     let resolved = cfg.resolve(
         &a.config,
         &Overrides {

@@ -346,3 +346,28 @@ async fn a_slow_reader_does_not_stall_its_batch() {
     assert!(submit(&mut c, sealed, ctx).await.unwrap().receipt.is_some());
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_protobuf_is_invalid_argument() {
+    let node = start("").await;
+    let addr = node.addr;
+    let mut conn = raw_conn(addr, 65_535).await;
+    // Well-framed gRPC messages whose bytes are not a protobuf message (wire type 7, a length
+    // running past the end, a truncated varint).
+    for garbage in [&[0xff; 16][..], &[0x0a, 0x7f, 0x01][..], &[0x08, 0x80][..]] {
+        for path in [
+            "/tandem.v1.Node/Submit",
+            "/tandem.v1.Node/GetAttestation",
+            "/tandem.v1.Node/GetKeyConfigs",
+        ] {
+            let h = conn.call(addr, path, grpc_frame(garbage)).await;
+            let code = h.headers.get("grpc-status").map(|v| v.to_str().unwrap());
+            assert_eq!(code, Some("3"), "{path} {garbage:?}: {:?}", h.headers);
+            let msg = h.headers["grpc-message"].to_str().unwrap().to_owned();
+            assert!(msg.contains("protobuf"), "{msg}");
+        }
+    }
+    // The node still serves.
+    let mut c = connect(addr).await;
+    assert!(!key_configs(&mut c).await.is_empty());
+}

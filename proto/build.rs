@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(std::env::var_os("CARGO_FEATURE_CLIENT").is_some())
         .build_server(std::env::var_os("CARGO_FEATURE_SERVER").is_some())
         .build_transport(false)
+        // Undecodable requests are INVALID_ARGUMENT, undecodable responses INTERNAL.
+        .codec_path("crate::grpc_codec::TandemCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -17,6 +17,11 @@
 //! }
 //! ```
 //!
+//! Numbers have ranges (the `RANGE_*` constants), checked on load: `routing.candidates`
+//! 1..=16, `routing.local_token_budget` 1..=262144, `routing.discover_cache_ms` 0..=86400000,
+//! `timeouts.connect_ms` 1..=600000, `timeouts.first_chunk_ms` 1..=3600000,
+//! `timeouts.request_ms` 1..=86400000. The document must be a JSON object.
+//!
 //! Every field is optional; missing ones take the defaults shown (models default to the
 //! embedded ones, see [`crate::models::default_models_dir`]). Relative model paths are resolved
 //! against the config file's directory. Unknown fields are ignored, so configs written by newer
@@ -34,6 +39,19 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+
+/// `routing.candidates`: 1..=16 nodes per request.
+pub const RANGE_CANDIDATES: (u64, u64) = (1, 16);
+/// `routing.local_token_budget`: 1..=[`tandem_model::config::MAX_CONTEXT`] tokens.
+pub const RANGE_LOCAL_TOKEN_BUDGET: (u64, u64) = (1, tandem_model::config::MAX_CONTEXT as u64);
+/// `routing.discover_cache_ms`: 0 (off) to one day.
+pub const RANGE_DISCOVER_CACHE_MS: (u64, u64) = (0, 86_400_000);
+/// `timeouts.connect_ms`: 1 ms to 10 minutes.
+pub const RANGE_CONNECT_MS: (u64, u64) = (1, 600_000);
+/// `timeouts.first_chunk_ms`: 1 ms to one hour.
+pub const RANGE_FIRST_CHUNK_MS: (u64, u64) = (1, 3_600_000);
+/// `timeouts.request_ms`: 1 ms to one day.
+pub const RANGE_REQUEST_MS: (u64, u64) = (1, 86_400_000);
 
 /// How requests are routed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,12 +178,30 @@ impl Config {
 
     /// Parses config JSON and checks every field.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let c: Config = serde_json::from_slice(bytes).map_err(|e| {
+        let not_config = |e: String| {
             ConfigError::invalid(
                 "(document)",
                 format!("not a device config: {e} (see `tandem config init`)"),
             )
-        })?;
+        };
+        // serde reads a struct from a JSON array too (`[]` would be every default): only an
+        // object is a config.
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| not_config(e.to_string()))?;
+        if !v.is_object() {
+            let shape = match v {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "a boolean",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::Object(_) => "an object",
+            };
+            return Err(not_config(format!(
+                "the document is {shape}; a config is a JSON object"
+            )));
+        }
+        let c: Config = serde_json::from_value(v).map_err(|e| not_config(e.to_string()))?;
         c.validate()?;
         Ok(c)
     }
@@ -203,25 +239,46 @@ impl Config {
                 "is not a PEM certificate (no BEGIN CERTIFICATE line)",
             ));
         }
-        if !(1..=16).contains(&self.routing.candidates) {
-            return Err(ConfigError::invalid(
+        let budget = self.routing.local_token_budget.map(|b| b as u64);
+        for (field, v, (lo, hi)) in [
+            (
                 "routing.candidates",
-                format!("{} is outside 1..=16", self.routing.candidates),
-            ));
-        }
-        if self.routing.local_token_budget == Some(0) {
-            return Err(ConfigError::invalid(
+                Some(u64::from(self.routing.candidates)),
+                RANGE_CANDIDATES,
+            ),
+            (
                 "routing.local_token_budget",
-                "must be at least 1",
-            ));
-        }
-        for (field, v) in [
-            ("timeouts.connect_ms", self.timeouts.connect_ms),
-            ("timeouts.first_chunk_ms", self.timeouts.first_chunk_ms),
-            ("timeouts.request_ms", self.timeouts.request_ms),
+                budget,
+                RANGE_LOCAL_TOKEN_BUDGET,
+            ),
+            (
+                "routing.discover_cache_ms",
+                Some(self.routing.discover_cache_ms),
+                RANGE_DISCOVER_CACHE_MS,
+            ),
+            (
+                "timeouts.connect_ms",
+                Some(self.timeouts.connect_ms),
+                RANGE_CONNECT_MS,
+            ),
+            (
+                "timeouts.first_chunk_ms",
+                Some(self.timeouts.first_chunk_ms),
+                RANGE_FIRST_CHUNK_MS,
+            ),
+            (
+                "timeouts.request_ms",
+                Some(self.timeouts.request_ms),
+                RANGE_REQUEST_MS,
+            ),
         ] {
-            if v == 0 {
-                return Err(ConfigError::invalid(field, "must be at least 1 ms"));
+            if let Some(v) = v
+                && !(lo..=hi).contains(&v)
+            {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{v} is outside {lo}..={hi}"),
+                ));
             }
         }
         Ok(())
@@ -262,8 +319,12 @@ mod tests {
             let e = Config::from_json(doc.as_bytes()).expect_err(doc);
             assert!(e.to_string().starts_with(field), "{doc}: {e}");
         }
-        let e = Config::from_json(b"[1]").expect_err("array");
-        assert!(e.to_string().contains("not a device config"), "{e}");
+        // Only an object is a config: serde alone would read `[]` as every default.
+        for doc in ["[]", "[1]", "null", "1", "\"{}\"", "true", "[{}]"] {
+            let e = Config::from_json(doc.as_bytes()).expect_err(doc);
+            assert!(e.to_string().contains("not a device config"), "{doc}: {e}");
+            assert!(e.to_string().contains("JSON object"), "{doc}: {e}");
+        }
     }
 
     #[test]

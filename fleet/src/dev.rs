@@ -115,7 +115,7 @@ pub struct DevOptions {
     pub gateway_listen: SocketAddr,
     /// Where to write the device config JSON, if anywhere.
     pub write_config: Option<PathBuf>,
-    /// How long each node may take to print `serving ADDR`.
+    /// How long each node may take to print `serving ADDR` (1 s..=1 hour).
     pub node_start_timeout: Duration,
     /// The log's note signing key (C2SP signed-note private key, as `attest log keygen`
     /// writes); a fresh one when `None`.
@@ -196,6 +196,12 @@ impl DevFleet {
             return Err(DevError::Usage(format!(
                 "--nodes {} is outside 1..=16",
                 opts.nodes
+            )));
+        }
+        let secs = opts.node_start_timeout.as_secs_f64();
+        if !(1.0..=3600.0).contains(&secs) {
+            return Err(DevError::Usage(format!(
+                "--node-start-timeout {secs} s is outside 1..=3600"
             )));
         }
         let models = abs(&opts.models_dir)?;

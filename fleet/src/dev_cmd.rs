@@ -31,7 +31,7 @@ pub struct Args {
     /// Gateway gRPC address (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     gateway: SocketAddr,
-    /// Seconds each node may take to load its models and start serving.
+    /// Seconds each node may take to load its models and start serving (1..=3600).
     #[arg(long, default_value_t = 300)]
     node_start_timeout: u64,
     /// Sign the log with this key file (`attest log keygen` writes one) instead of a fresh key,

@@ -82,3 +82,19 @@ fn ca_commands_make_identities_a_policy_accepts() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a fleet CA key"));
 }
+
+/// `tandem-fleet dev --node-start-timeout` is bounded (1..=3600 s), checked before anything
+/// starts.
+#[test]
+fn dev_refuses_unbounded_node_start_timeout() {
+    for t in ["0", "3601", "18446744073709551615"] {
+        let o = Command::new(BIN)
+            .args(["dev", "--node-start-timeout", t, "--node-binary", BIN])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{t}: {err}");
+        assert!(err.contains("--node-start-timeout"), "{t}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

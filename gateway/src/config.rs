@@ -302,6 +302,64 @@ nodes = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
             .to_string()
     }
 
+    /// Random values in every numeric setting: an error naming the field, or a config whose
+    /// durations start-up can add to `Instant::now()`; never a panic.
+    #[test]
+    fn random_numeric_settings_error_or_start() {
+        use rand::{Rng as _, SeedableRng as _};
+        let fields = [
+            "discover_count",
+            "health_interval_secs",
+            "health_timeout_ms",
+            "connect_timeout_ms",
+            "first_message_timeout_ms",
+        ];
+        let edges: [i128; 10] = [
+            0,
+            1,
+            16,
+            17,
+            3600,
+            60_000,
+            600_001,
+            1 << 62,
+            u64::MAX as i128,
+            -1,
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        for _ in 0..2000 {
+            let mut text = OK.to_string();
+            for f in fields {
+                if rng.gen_bool(0.5) {
+                    let v = match rng.gen_range(0..3) {
+                        0 => edges[rng.gen_range(0..edges.len())].to_string(),
+                        1 => (rng.r#gen::<u64>() >> rng.gen_range(0..64)).to_string(),
+                        _ => format!("{:.1}", rng.r#gen::<f64>() * 1e5),
+                    };
+                    text.push_str(&format!("{f} = {v}\n"));
+                }
+            }
+            match GatewayConfig::parse(&text, Path::new(".")) {
+                Ok(c) => {
+                    let now = std::time::Instant::now();
+                    for d in [
+                        c.health_interval,
+                        c.health_timeout,
+                        c.connect_timeout,
+                        c.first_message_timeout,
+                    ] {
+                        assert!(now.checked_add(d).is_some(), "{text}");
+                    }
+                    assert!((1..=MAX_DISCOVER).contains(&c.discover_count));
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(fields.iter().any(|f| e.contains(f)), "{text}\n{e}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn rejects_bad_configs() {
         assert!(err("listen = 1").contains("config"));

@@ -48,6 +48,26 @@ pub struct Config {
     pub base_adapter: Option<String>,
 }
 
+/// Longest context (`max_position_embeddings`) this crate runs: 262,144 positions (2× Llama
+/// 3.1's 131,072). The RoPE table and KV caches are sized from it, so a larger (or absurd, e.g.
+/// `1e11`) value in an untrusted `config.json` is refused before anything is allocated.
+pub const MAX_CONTEXT: usize = 1 << 18;
+/// Largest vocabulary: 2^24 tokens.
+pub const MAX_VOCAB: usize = 1 << 24;
+/// Largest `hidden_size`: 65,536.
+pub const MAX_HIDDEN: usize = 1 << 16;
+/// Largest `intermediate_size`: 262,144.
+pub const MAX_INTERMEDIATE: usize = 1 << 18;
+/// Most decoder layers: 1,024.
+pub const MAX_LAYERS: usize = 1024;
+/// Most attention heads (query or key/value): 1,024.
+pub const MAX_HEADS: usize = 1024;
+/// Largest `head_dim`: 1,024.
+pub const MAX_HEAD_DIM: usize = 1024;
+/// Largest RoPE cos (or sin) table, `max_position_embeddings × head_dim / 2` f32 values:
+/// 256 MiB.
+pub const MAX_ROPE_TABLE_BYTES: usize = 256 << 20;
+
 /// The `config.json` key naming a model's base adapter (see [`Config::base_adapter`]).
 pub const BASE_ADAPTER_KEY: &str = "tandem_base_adapter";
 
@@ -121,8 +141,30 @@ impl Config {
             path: path.to_owned(),
             reason,
         };
-        let raw: RawConfig =
+        let v: Value =
             serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        // Sizes must be non-negative integers; say which one is not (serde's message does not).
+        for name in [
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ] {
+            if let Some(x) = v.get(name)
+                && !x.is_null()
+                && x.as_u64().is_none()
+            {
+                return Err(bad(format!(
+                    "`{name}` must be a non-negative integer, not {x}"
+                )));
+            }
+        }
+        let raw: RawConfig =
+            serde_json::from_value(v).map_err(|e| bad(format!("not a model config: {e}")))?;
 
         match raw.model_type.as_deref() {
             Some(t) if LLAMA_FAMILY.contains(&t) => {}
@@ -150,8 +192,26 @@ impl Config {
             v.filter(|&n| n > 0)
                 .ok_or_else(|| bad(format!("missing or zero `{name}`")))
         };
-        let hidden_size = need(raw.hidden_size, "hidden_size")?;
-        let num_attention_heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        // Every size is bounded before anything is derived from it (tables, caches, shapes).
+        let at_most = |v: usize, max: usize, name: &str| {
+            if v > max {
+                Err(bad(format!(
+                    "`{name}` is {v}; this runtime supports at most {max}"
+                )))
+            } else {
+                Ok(v)
+            }
+        };
+        let hidden_size = at_most(
+            need(raw.hidden_size, "hidden_size")?,
+            MAX_HIDDEN,
+            "hidden_size",
+        )?;
+        let num_attention_heads = at_most(
+            need(raw.num_attention_heads, "num_attention_heads")?,
+            MAX_HEADS,
+            "num_attention_heads",
+        )?;
         let num_key_value_heads = raw.num_key_value_heads.unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(bad(format!(
@@ -170,6 +230,34 @@ impl Config {
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(bad(format!(
                 "head_dim ({head_dim}) must be even and non-zero"
+            )));
+        }
+        let head_dim = at_most(head_dim, MAX_HEAD_DIM, "head_dim")?;
+        let vocab_size = at_most(need(raw.vocab_size, "vocab_size")?, MAX_VOCAB, "vocab_size")?;
+        let intermediate_size = at_most(
+            need(raw.intermediate_size, "intermediate_size")?,
+            MAX_INTERMEDIATE,
+            "intermediate_size",
+        )?;
+        let num_hidden_layers = at_most(
+            need(raw.num_hidden_layers, "num_hidden_layers")?,
+            MAX_LAYERS,
+            "num_hidden_layers",
+        )?;
+        let max_position_embeddings = at_most(
+            need(
+                Some(raw.max_position_embeddings.unwrap_or(2048)),
+                "max_position_embeddings",
+            )?,
+            MAX_CONTEXT,
+            "max_position_embeddings",
+        )?;
+        // Both factors are bounded above, so the product cannot overflow.
+        let rope_bytes = max_position_embeddings * (head_dim / 2) * 4;
+        if rope_bytes > MAX_ROPE_TABLE_BYTES {
+            return Err(bad(format!(
+                "max_position_embeddings ({max_position_embeddings}) × head_dim ({head_dim}) / 2 \
+                 needs a {rope_bytes}-byte RoPE table; at most {MAX_ROPE_TABLE_BYTES}"
             )));
         }
 
@@ -228,16 +316,16 @@ impl Config {
         };
 
         Ok(Config {
-            vocab_size: need(raw.vocab_size, "vocab_size")?,
+            vocab_size,
             hidden_size,
-            intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
-            num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+            intermediate_size,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
             rms_norm_eps,
             rope_theta,
-            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            max_position_embeddings,
             // transformers' LlamaConfig defaults to untied embeddings.
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             eos_token_ids: token_ids(raw.eos_token_id.as_ref())
@@ -408,6 +496,103 @@ mod tests {
         assert!(matches!(e, Err(LoadError::Config { .. })));
         let e = parse(&format!("{{{BASE},\"eos_token_id\":-1}}"));
         assert!(matches!(e, Err(LoadError::Config { .. })));
+    }
+
+    #[test]
+    fn sizes_are_bounded_before_anything_is_allocated() {
+        // The attack's value (a 12.8 TB RoPE table) and every size field past its bound.
+        for (field, v) in [
+            ("max_position_embeddings", 100_000_000_000u64),
+            ("max_position_embeddings", (MAX_CONTEXT + 1) as u64),
+            ("max_position_embeddings", u64::MAX),
+            ("max_position_embeddings", 0),
+            ("vocab_size", (MAX_VOCAB + 1) as u64),
+            ("hidden_size", 1 << 40),
+            ("intermediate_size", u64::MAX),
+            ("num_hidden_layers", 1 << 20),
+            ("head_dim", 4096),
+        ] {
+            let doc = format!("{{{BASE},\"{field}\":{v}}}");
+            let e = parse(&doc).expect_err(&doc).to_string();
+            assert!(e.contains(field), "{doc}: {e}");
+        }
+        // A long context with wide heads: the RoPE table bound.
+        let doc = format!("{{{BASE},\"max_position_embeddings\":{MAX_CONTEXT},\"head_dim\":1024}}");
+        let e = parse(&doc).expect_err("rope table").to_string();
+        assert!(e.contains("RoPE table"), "{e}");
+        // `1e11` written as a float is not an integer at all.
+        let e = parse(&format!("{{{BASE},\"max_position_embeddings\":1e11}}"))
+            .expect_err("float")
+            .to_string();
+        assert!(e.contains("max_position_embeddings"), "{e}");
+        assert!(
+            parse(&format!(
+                "{{{BASE},\"max_position_embeddings\":{MAX_CONTEXT}}}"
+            ))
+            .is_ok()
+        );
+    }
+
+    /// Random values in every numeric field: a clear error or a config whose derived sizes are
+    /// within the documented bounds, never a panic.
+    #[test]
+    fn random_sizes_give_an_error_or_a_bounded_config() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        let fields = [
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ];
+        let edges = [
+            0u64,
+            1,
+            2,
+            3,
+            8,
+            1023,
+            1024,
+            1025,
+            1 << 16,
+            1 << 18,
+            1 << 24,
+            1 << 32,
+            1 << 53,
+        ];
+        for _ in 0..4000 {
+            let mut doc = serde_json::json!({
+                "model_type": "llama", "vocab_size": 10, "hidden_size": 8,
+                "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+            });
+            for f in fields {
+                if rng.gen_bool(0.5) {
+                    let v: serde_json::Value = match rng.gen_range(0..4) {
+                        0 => edges[rng.gen_range(0..edges.len())].into(),
+                        1 => (rng.r#gen::<u64>() >> rng.gen_range(0..64)).into(),
+                        2 => (-(rng.gen_range(0..1000i64))).into(),
+                        _ => (rng.r#gen::<f64>() * 1e12).into(),
+                    };
+                    doc[f] = v;
+                }
+            }
+            let bytes = serde_json::to_vec(&doc).expect("json");
+            if let Ok(c) = Config::from_json(&bytes, Path::new("config.json")) {
+                assert!(c.max_position_embeddings <= MAX_CONTEXT, "{doc}");
+                assert!(
+                    c.vocab_size <= MAX_VOCAB && c.hidden_size <= MAX_HIDDEN,
+                    "{doc}"
+                );
+                assert!(c.num_hidden_layers <= MAX_LAYERS && c.head_dim <= MAX_HEAD_DIM);
+                assert!(c.num_key_value_heads <= c.num_attention_heads, "{doc}");
+                assert!(c.max_position_embeddings * c.head_dim / 2 * 4 <= MAX_ROPE_TABLE_BYTES);
+            }
+        }
     }
 
     #[test]

@@ -252,6 +252,19 @@ pub enum UsageError {
         /// Positions requested.
         requested: usize,
     },
+    /// The KV cache asked for would exceed [`crate::llama::MAX_KV_CACHE_BYTES`].
+    #[error(
+        "a KV cache for {batch} sequences of {capacity} positions exceeds {max} bytes; ask for \
+         fewer tokens or a smaller batch"
+    )]
+    CacheTooLarge {
+        /// Sequences.
+        batch: usize,
+        /// Positions per sequence.
+        capacity: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
     /// The input's batch size differs from the cache's.
     #[error("input has batch size {input} but the cache was made for {cache}")]
     BatchMismatch {

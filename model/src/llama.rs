@@ -135,6 +135,10 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, differentiable: bool) -> Resu
 // KV cache
 // ---------------------------------------------------------------------------------------------
 
+/// Largest KV cache [`Cache::new`] allocates (keys and values of every layer): 64 GiB. Sizes
+/// come from `config.json` and the request, so they are checked before allocating.
+pub const MAX_KV_CACHE_BYTES: usize = 64 << 30;
+
 /// The per-sequence state of inference: keys and values of every layer, preallocated to a fixed
 /// capacity and written in place, plus the left padding of each sequence in the batch.
 ///
@@ -172,6 +176,31 @@ impl Cache {
                 used: 0,
                 capacity: cfg.max_position_embeddings,
                 requested: capacity,
+            }
+            .into());
+        }
+        // Keys and values of every layer, in bytes, checked before any allocation.
+        let elem = match format {
+            KvFormat::Dense => model.dtype.size_in_bytes(),
+            // One u8 per value and one f32 scale per head_dim values.
+            KvFormat::Int8 => 1,
+        };
+        let bytes = [
+            batch,
+            cfg.num_key_value_heads,
+            capacity,
+            cfg.head_dim,
+            elem,
+            2,
+        ]
+        .into_iter()
+        .try_fold(cfg.num_hidden_layers, usize::checked_mul)
+        .filter(|&b| b <= MAX_KV_CACHE_BYTES);
+        if bytes.is_none() {
+            return Err(UsageError::CacheTooLarge {
+                batch,
+                capacity,
+                max: MAX_KV_CACHE_BYTES,
             }
             .into());
         }

@@ -29,7 +29,12 @@
 //! deadline_secs = 60
 //! queue_depth = 64
 //! max_concurrent = 2
+//! stall_timeout_ms = 10000                      # end a stream its client stops reading
 //! ```
+//!
+//! Every number has a range (the `RANGE_*` constants, documented on each field and in
+//! `node/README-config.md`), checked by [`NodeConfig::validate`] before anything starts,
+//! `serve --check` included.
 //!
 //! [`NodeConfig::from_toml`] checks every field before anything is loaded or bound;
 //! [`NodeConfig::resolve`] combines it with the command-line values into a [`ResolvedConfig`]
@@ -87,6 +92,38 @@ pub enum ConfigError {
     },
 }
 
+/// `key_lifetime_secs`: one minute to 30 days.
+pub const RANGE_KEY_LIFETIME_SECS: (u64, u64) = (60, 30 * 86_400);
+/// `clock_skew_secs`: up to one hour.
+pub const RANGE_CLOCK_SKEW_SECS: (u64, u64) = (0, 3600);
+/// `log_refresh_secs`: 0 (off) or [`MIN_LOG_REFRESH_SECS`] to 7 days.
+pub const RANGE_LOG_REFRESH_SECS: (u64, u64) = (0, 7 * 86_400);
+/// The shortest log refresh period other than 0 (off).
+pub const MIN_LOG_REFRESH_SECS: u64 = 10;
+/// `adapter_cache_bytes`: 1 byte to 1 TiB.
+pub const RANGE_ADAPTER_CACHE_BYTES: (u64, u64) = (1, 1 << 40);
+/// `limits.max_prompt_bytes`: 1 byte to 8 MiB.
+pub const RANGE_MAX_PROMPT_BYTES: (u64, u64) = (1, 8 << 20);
+/// `limits.max_new_tokens`: 1 to 65,536.
+pub const RANGE_MAX_NEW_TOKENS: (u64, u64) = (1, 65_536);
+/// `limits.deadline_secs`: 1 s to 1 hour.
+pub const RANGE_DEADLINE_SECS: (u64, u64) = (1, 3600);
+/// `limits.queue_depth`: 0 to 65,536 waiting requests.
+pub const RANGE_QUEUE_DEPTH: (u64, u64) = (0, 65_536);
+/// `limits.max_concurrent`: 1 to 256 generation threads.
+pub const RANGE_MAX_CONCURRENT: (u64, u64) = (1, 256);
+/// `limits.max_batch`: 1 (off) to 64 sequences per forward pass.
+pub const RANGE_MAX_BATCH: (u64, u64) = (1, 64);
+/// `limits.stall_timeout_ms`: 100 ms to 10 minutes.
+pub const RANGE_STALL_TIMEOUT_MS: (u64, u64) = (100, 600_000);
+
+fn in_range(field: &str, v: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(field, format!("{v} is outside {lo}..={hi}")));
+    }
+    Ok(())
+}
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -124,7 +161,7 @@ pub struct NodeConfig {
     #[serde(default)]
     pub tls: bool,
     /// Lifetime of each HPKE key in seconds (default 86400 = 24 h). A new key is made at half
-    /// its lifetime; the old one keeps opening requests until it expires. At least 60.
+    /// its lifetime; the old one keeps opening requests until it expires. 60..=2592000 (30 days).
     #[serde(default = "default_key_lifetime")]
     pub key_lifetime_secs: u64,
     /// How far back a request's creation time may lie, in seconds (replay window; default 300).
@@ -132,14 +169,15 @@ pub struct NodeConfig {
     #[serde(default = "default_replay_window")]
     pub replay_window_secs: u64,
     /// How far ahead of the node's clock a request's creation time may lie (default 60).
+    /// 0..=3600.
     #[serde(default = "default_clock_skew")]
     pub clock_skew_secs: u64,
     /// How often the node fetches a fresh checkpoint and inclusion proof of its release, in
-    /// seconds (default 3600; 0 = only at start and on key rotation).
+    /// seconds (default 3600; 0 = only at start and on key rotation). 0 or 10..=604800 (7 days).
     #[serde(default = "default_log_refresh")]
     pub log_refresh_secs: u64,
     /// Bytes of adapter weights kept loaded (default 256 MiB); evicted adapters are loaded
-    /// again from disk and checked against their measured digest.
+    /// again from disk and checked against their measured digest. 1..=2^40 (1 TiB).
     #[serde(default = "default_adapter_cache")]
     pub adapter_cache_bytes: usize,
     /// Request limits.
@@ -198,23 +236,30 @@ pub enum RootOfTrustConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Largest prompt in bytes (UTF-8); larger prompts get `RESOURCE_EXHAUSTED`. Default 65536.
+    /// Largest prompt in bytes (UTF-8); larger prompts get `RESOURCE_EXHAUSTED`. Default 65536;
+    /// 1..=8388608 (8 MiB).
     pub max_prompt_bytes: usize,
-    /// Most new tokens one request may ask for; more gets `OUT_OF_RANGE`. Default 256.
+    /// Most new tokens one request may ask for; more gets `OUT_OF_RANGE`. Default 256;
+    /// 1..=65536.
     pub max_new_tokens: u32,
     /// Seconds a request may take from arrival to its last chunk (queue wait included). Past
-    /// it: `DEADLINE_EXCEEDED` before the head, or a sealed error chunk after. Default 60.
+    /// it: `DEADLINE_EXCEEDED` before the head, or a sealed error chunk after. Default 60;
+    /// 1..=3600.
     pub deadline_secs: u64,
     /// Requests that may wait for a generation slot; when full, new requests get
-    /// `RESOURCE_EXHAUSTED`. Default 64.
+    /// `RESOURCE_EXHAUSTED`. Default 64; 0..=65536.
     pub queue_depth: usize,
     /// Generations running at once (each on its own blocking thread). Default 2. With
-    /// batching, the number of batch worker threads.
+    /// batching, the number of batch worker threads. 1..=256.
     pub max_concurrent: usize,
     /// Most sequences decoded together in one forward pass (same model and adapter, waiting at
     /// the same time). 1 (default) turns batching off: each request runs alone, exactly the
-    /// device's single-sequence path. At most 64.
+    /// device's single-sequence path. 1..=64.
     pub max_batch: usize,
+    /// Milliseconds a response stream may take no chunk (a client that stops reading, e.g. an
+    /// HTTP/2 flow-control window held at zero) before the node ends it and frees its
+    /// generation slot; generation never waits on a client. 100..=600000, default 10000.
+    pub stall_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -226,6 +271,7 @@ impl Default for LimitsConfig {
             queue_depth: 64,
             max_concurrent: 2,
             max_batch: 1,
+            stall_timeout_ms: 10_000,
         }
     }
 }
@@ -374,10 +420,32 @@ impl NodeConfig {
         }
         tandem_attest::log::NoteVerifier::new(&self.log_key)
             .map_err(|e| invalid("log_key", format!("not a signed-note verifier key: {e}")))?;
-        if self.key_lifetime_secs < 60 {
-            return Err(invalid(
+        for (field, v, (lo, hi)) in [
+            (
                 "key_lifetime_secs",
-                format!("{} s; at least 60 s", self.key_lifetime_secs),
+                self.key_lifetime_secs,
+                RANGE_KEY_LIFETIME_SECS,
+            ),
+            (
+                "clock_skew_secs",
+                self.clock_skew_secs,
+                RANGE_CLOCK_SKEW_SECS,
+            ),
+            (
+                "log_refresh_secs",
+                self.log_refresh_secs,
+                RANGE_LOG_REFRESH_SECS,
+            ),
+        ] {
+            in_range(field, v, lo, hi)?;
+        }
+        if self.log_refresh_secs != 0 && self.log_refresh_secs < MIN_LOG_REFRESH_SECS {
+            return Err(invalid(
+                "log_refresh_secs",
+                format!(
+                    "{} s; 0 (off) or {MIN_LOG_REFRESH_SECS}..={}",
+                    self.log_refresh_secs, RANGE_LOG_REFRESH_SECS.1
+                ),
             ));
         }
         if self.replay_window_secs == 0 || self.replay_window_secs > self.key_lifetime_secs {
@@ -394,33 +462,43 @@ impl NodeConfig {
         {
             return Err(invalid("root_of_trust.tcti", "empty TCTI string"));
         }
+        in_range(
+            "adapter_cache_bytes",
+            self.adapter_cache_bytes as u64,
+            RANGE_ADAPTER_CACHE_BYTES.0,
+            RANGE_ADAPTER_CACHE_BYTES.1,
+        )?;
         let l = &self.limits;
-        let checks: [(&str, bool); 5] = [
-            ("limits.max_prompt_bytes", l.max_prompt_bytes == 0),
-            ("limits.max_new_tokens", l.max_new_tokens == 0),
-            ("limits.deadline_secs", l.deadline_secs == 0),
-            ("limits.max_concurrent", l.max_concurrent == 0),
+        for (field, v, (lo, hi)) in [
             (
                 "limits.max_prompt_bytes",
-                l.max_prompt_bytes > 8 * 1024 * 1024,
+                l.max_prompt_bytes as u64,
+                RANGE_MAX_PROMPT_BYTES,
             ),
-        ];
-        for (field, bad) in checks {
-            if bad {
-                return Err(invalid(
-                    field,
-                    "must be at least 1 (and max_prompt_bytes at most 8 MiB)",
-                ));
-            }
-        }
-        if l.max_batch == 0 || l.max_batch > 64 {
-            return Err(invalid("limits.max_batch", "must be 1..=64"));
-        }
-        if l.max_concurrent > 256 {
-            return Err(invalid("limits.max_concurrent", "at most 256"));
-        }
-        if self.adapter_cache_bytes == 0 {
-            return Err(invalid("adapter_cache_bytes", "must be at least 1"));
+            (
+                "limits.max_new_tokens",
+                u64::from(l.max_new_tokens),
+                RANGE_MAX_NEW_TOKENS,
+            ),
+            ("limits.deadline_secs", l.deadline_secs, RANGE_DEADLINE_SECS),
+            (
+                "limits.queue_depth",
+                l.queue_depth as u64,
+                RANGE_QUEUE_DEPTH,
+            ),
+            (
+                "limits.max_concurrent",
+                l.max_concurrent as u64,
+                RANGE_MAX_CONCURRENT,
+            ),
+            ("limits.max_batch", l.max_batch as u64, RANGE_MAX_BATCH),
+            (
+                "limits.stall_timeout_ms",
+                l.stall_timeout_ms,
+                RANGE_STALL_TIMEOUT_MS,
+            ),
+        ] {
+            in_range(field, v, lo, hi)?;
         }
         Ok(())
     }
@@ -683,6 +761,7 @@ pub struct ResolvedConfig {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn key() -> String {
         let (s, _) = tandem_attest::log::NoteSigner::generate_with_rng(
@@ -792,6 +871,154 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("models[0].dtype"), "{err}");
+    }
+
+    /// The issue's values, refused with the field's name before anything starts.
+    #[test]
+    fn huge_values_are_refused_by_name() {
+        for (top, limits, field) in [
+            (
+                "",
+                "deadline_secs = 9223372036854775807\n",
+                "limits.deadline_secs",
+            ),
+            ("", "deadline_secs = 3601\n", "limits.deadline_secs"),
+            (
+                "",
+                "queue_depth = 4611686018427387904\n",
+                "limits.queue_depth",
+            ),
+            ("", "queue_depth = 18446744073709551615\n", "queue_depth"),
+            ("", "stall_timeout_ms = 0\n", "limits.stall_timeout_ms"),
+            ("", "max_new_tokens = 4294967295\n", "limits.max_new_tokens"),
+            (
+                "key_lifetime_secs = 18446744073709551615\n",
+                "",
+                "key_lifetime_secs",
+            ),
+            (
+                "key_lifetime_secs = 9223372036854775807\n",
+                "",
+                "key_lifetime_secs",
+            ),
+            (
+                "clock_skew_secs = 9223372036854775807\n",
+                "",
+                "clock_skew_secs",
+            ),
+            ("log_refresh_secs = 1\n", "", "log_refresh_secs"),
+            (
+                "adapter_cache_bytes = 9223372036854775807\n",
+                "",
+                "adapter_cache_bytes",
+            ),
+        ] {
+            let text = format!("{top}{}[limits]\n{limits}", base());
+            let err = parse(&text).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(field), "{top}{limits}: {err}");
+        }
+    }
+
+    /// What start-up computes from a checked config, with the same operations: none may fail
+    /// for a config `validate` accepted.
+    fn start_arithmetic(c: &NodeConfig) {
+        let l = &c.limits;
+        let now = std::time::Instant::now();
+        assert!(
+            now.checked_add(Duration::from_secs(l.deadline_secs))
+                .is_some()
+        );
+        assert!(
+            now.checked_add(Duration::from_millis(l.stall_timeout_ms))
+                .is_some()
+        );
+        let places = l.queue_depth.checked_add(l.max_concurrent).unwrap();
+        assert!(places <= tokio::sync::Semaphore::MAX_PERMITS);
+        // Key expiry (unix seconds) far in the future still fits.
+        assert!(4_000_000_000u64.checked_add(c.key_lifetime_secs).is_some());
+        assert!(c.replay_window_secs <= c.key_lifetime_secs);
+        let _ = Duration::from_secs(l.deadline_secs.saturating_add(5))
+            + Duration::from_millis(l.stall_timeout_ms);
+    }
+
+    /// Random values (edge values, powers of two, random widths, negatives, floats) in every
+    /// numeric setting: a clear error naming a field, or a config start-up can use.
+    #[test]
+    fn random_numeric_settings_error_or_start() {
+        use rand::{Rng as _, SeedableRng as _};
+        use std::fmt::Write as _;
+        let key = key();
+        let top = [
+            "key_lifetime_secs",
+            "replay_window_secs",
+            "clock_skew_secs",
+            "log_refresh_secs",
+            "adapter_cache_bytes",
+        ];
+        let limits = [
+            "max_prompt_bytes",
+            "max_new_tokens",
+            "deadline_secs",
+            "queue_depth",
+            "max_concurrent",
+            "max_batch",
+            "stall_timeout_ms",
+        ];
+        let edges: [i128; 16] = [
+            0,
+            1,
+            2,
+            10,
+            60,
+            64,
+            100,
+            3600,
+            65_536,
+            1 << 31,
+            1 << 32,
+            1 << 53,
+            1 << 62,
+            i64::MAX as i128,
+            u64::MAX as i128,
+            -1,
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        let mut accepted = 0;
+        for _ in 0..3000 {
+            let value = |rng: &mut rand::rngs::StdRng| -> String {
+                match rng.gen_range(0..5) {
+                    0 | 1 => edges[rng.gen_range(0..edges.len())].to_string(),
+                    2 => (rng.r#gen::<u64>() >> rng.gen_range(0..64)).to_string(),
+                    3 => rng.gen_range(0..100_000u64).to_string(),
+                    _ => format!("{:.1}", rng.r#gen::<f64>() * 1e6),
+                }
+            };
+            let mut head = String::new();
+            for f in top {
+                if rng.gen_bool(0.4) {
+                    let _ = writeln!(head, "{f} = {}", value(&mut rng));
+                }
+            }
+            let mut lim = String::from("[limits]\n");
+            for f in limits {
+                if rng.gen_bool(0.4) {
+                    let _ = writeln!(lim, "{f} = {}", value(&mut rng));
+                }
+            }
+            let text = format!("{head}{}{lim}", base_with(&key));
+            match parse(&text) {
+                Ok(c) => {
+                    accepted += 1;
+                    start_arithmetic(&c);
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    let named = top.iter().chain(&limits).any(|f| e.contains(f));
+                    assert!(named, "error names no field:\n{text}\n{e}");
+                }
+            }
+        }
+        assert!(accepted > 50, "only {accepted} configs accepted");
     }
 
     #[test]

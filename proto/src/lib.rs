@@ -45,6 +45,8 @@
 mod cipher;
 mod codec;
 pub mod error;
+#[cfg(any(feature = "client", feature = "server"))]
+pub mod grpc_codec;
 pub mod key_config;
 pub mod replay;
 pub mod request;

@@ -51,8 +51,8 @@ enum LogCommand {
         /// The private key file written by `attest log keygen`.
         #[arg(long)]
         key: PathBuf,
-        /// Threads serving HTTP (default: one less than the CPUs, at least one; the sequencer
-        /// that commits batches has a thread of its own).
+        /// Threads serving HTTP, 1..=1024 (default: one less than the CPUs, at least one; the
+        /// sequencer that commits batches has a thread of its own).
         #[arg(long)]
         http_threads: Option<usize>,
     },
@@ -140,6 +140,9 @@ enum LogCommand {
     },
 }
 
+/// Most `--http-threads` of `attest log serve`.
+const MAX_HTTP_THREADS: usize = 1024;
+
 /// Run an `attest log` subcommand.
 pub fn run(args: LogArgs) -> anyhow::Result<()> {
     match args.command {
@@ -151,6 +154,12 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
             http_threads,
         } => {
             // Validate everything before binding the port.
+            if let Some(n) = http_threads {
+                anyhow::ensure!(
+                    (1..=MAX_HTTP_THREADS).contains(&n),
+                    "--http-threads {n} is outside 1..=1024"
+                );
+            }
             let signer = load_signer(&key)?;
             let (store, rec) = LogStore::open(&dir, signer)?;
             eprintln!(

@@ -483,3 +483,25 @@ fn verify_release_against_a_running_log() {
         "{err}"
     );
 }
+
+/// `attest log serve --http-threads` is bounded (1..=1024) and checked before anything starts.
+#[test]
+fn log_serve_refuses_unbounded_http_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in ["0", "1025", "18446744073709551615"] {
+        let o = attest(&[
+            "log",
+            "serve",
+            "--dir",
+            dir.path().join("log").to_str().unwrap(),
+            "--key",
+            dir.path().join("missing.key").to_str().unwrap(),
+            "--http-threads",
+            n,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{n}: {err}");
+        assert!(err.contains("--http-threads"), "{n}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -11,6 +11,11 @@
 //!
 //! Static batches: a request arriving within `GATHER` (3 ms) of a batch's first request joins it;
 //! one arriving later, while the batch runs, waits for the next one.
+//!
+//! No sequence waits on its client: chunks go through each request's non-blocking
+//! [`engine::Sink`], a sequence whose client takes no chunk within `limits.stall_timeout_ms` is
+//! ended on its own (the others keep decoding), and what a finished sequence's stream still
+//! holds is sent on the async runtime while the worker starts its next batch.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -19,7 +24,7 @@ use std::time::{Duration, Instant};
 use tandem_model::{Cache, Sampler, StreamDecoder};
 use tandem_proto::ChunkSealer;
 
-use super::engine::{self, Engine, Job, Outcome, Tx};
+use super::engine::{self, Ended, Engine, Job, Outcome, Sink};
 use super::status::Failure;
 
 /// One request waiting for a batch.
@@ -28,8 +33,8 @@ pub struct Pending {
     pub job: Job,
     /// Its response stream.
     pub sealer: ChunkSealer,
-    /// Where chunks go.
-    pub tx: Tx,
+    /// Where chunks go (never blocks).
+    pub sink: Sink,
     /// Its deadline.
     pub deadline: Instant,
     /// Called once with the outcome (releases the queue place, logs the event).
@@ -55,13 +60,15 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts `workers` threads running batches of at most `max_batch` sequences.
+    /// Starts `workers` threads running batches of at most `max_batch` sequences; what a
+    /// finished stream still holds is sent on `runtime`.
     pub fn start(
         engine: Arc<Engine>,
         workers: usize,
         max_batch: usize,
         deadline_secs: u64,
         release_digest: [u8; 32],
+        runtime: tokio::runtime::Handle,
     ) -> Arc<Batcher> {
         let b = Arc::new(Batcher {
             queue: Mutex::new(VecDeque::new()),
@@ -70,12 +77,13 @@ impl Batcher {
         for i in 0..workers {
             let b = b.clone();
             let engine = engine.clone();
+            let runtime = runtime.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("batch-{i}"))
                 .spawn(move || {
                     loop {
                         let batch = b.next_batch(&engine, max_batch);
-                        run_batch(&engine, batch, deadline_secs, release_digest);
+                        run_batch(&engine, batch, deadline_secs, release_digest, &runtime);
                     }
                 });
         }
@@ -160,24 +168,43 @@ struct Seq<'t> {
     text_len: usize,
     finish: Option<tandem_model::FinishReason>,
     failure: Option<Failure>,
-    gone: bool,
+    /// The client's stream ended (went away, or stalled past the bound).
+    gone: Option<Ended>,
 }
 
-fn run_batch(engine: &Engine, batch: Vec<Pending>, deadline_secs: u64, release_digest: [u8; 32]) {
+/// Sends what `sink` still holds on `runtime`, then reports the outcome.
+fn finish(
+    runtime: &tokio::runtime::Handle,
+    sink: Sink,
+    deadline: Instant,
+    done: Box<dyn FnOnce(Outcome) + Send>,
+    out: Outcome,
+) {
+    runtime.spawn(async move { done(sink.finish(out, deadline).await) });
+}
+
+fn run_batch(
+    engine: &Engine,
+    batch: Vec<Pending>,
+    deadline_secs: u64,
+    release_digest: [u8; 32],
+    runtime: &tokio::runtime::Handle,
+) {
     if batch.is_empty() {
         return;
     }
     let model = match engine.model(&batch[0].job.model) {
         Ok(m) => m,
         Err(f) => {
-            for p in batch {
-                engine::send_error(p.sealer, &p.tx, &f);
-                (p.done)(Outcome {
+            for mut p in batch {
+                engine::send_error(p.sealer, &mut p.sink, &f);
+                let out = Outcome {
                     prompt_tokens: 0,
                     completion_tokens: 0,
                     finish: f.kind(),
                     batch: 1,
-                });
+                };
+                finish(runtime, p.sink, p.deadline, p.done, out);
             }
             return;
         }
@@ -186,16 +213,17 @@ fn run_batch(engine: &Engine, batch: Vec<Pending>, deadline_secs: u64, release_d
     let adapter = batch[0].job.adapter.as_ref().map(|(_, a)| a.clone());
     let eos = m.config().eos_token_ids.clone();
     let mut seqs: Vec<Seq> = Vec::with_capacity(batch.len());
-    for p in batch {
+    for mut p in batch {
         if Instant::now() > p.deadline {
             let f = Failure::Deadline(deadline_secs);
-            engine::send_error(p.sealer, &p.tx, &f);
-            (p.done)(Outcome {
+            engine::send_error(p.sealer, &mut p.sink, &f);
+            let out = Outcome {
                 prompt_tokens: p.job.prompt_ids.len(),
                 completion_tokens: 0,
                 finish: f.kind(),
                 batch: 1,
-            });
+            };
+            finish(runtime, p.sink, p.deadline, p.done, out);
             continue;
         }
         let sampler = Sampler::new(p.job.sampling.clone());
@@ -205,13 +233,14 @@ fn run_batch(engine: &Engine, batch: Vec<Pending>, deadline_secs: u64, release_d
         };
         let Some(sampler) = sampler else {
             let f = failure.unwrap_or(Failure::Internal("sampler".into()));
-            engine::send_error(p.sealer, &p.tx, &f);
-            (p.done)(Outcome {
+            engine::send_error(p.sealer, &mut p.sink, &f);
+            let out = Outcome {
                 prompt_tokens: p.job.prompt_ids.len(),
                 completion_tokens: 0,
                 finish: f.kind(),
                 batch: 1,
-            });
+            };
+            finish(runtime, p.sink, p.deadline, p.done, out);
             continue;
         };
         seqs.push(Seq {
@@ -224,7 +253,7 @@ fn run_batch(engine: &Engine, batch: Vec<Pending>, deadline_secs: u64, release_d
             text_len: 0,
             finish: None,
             failure: None,
-            gone: false,
+            gone: None,
         });
     }
     if seqs.is_empty() {
@@ -258,11 +287,12 @@ fn run_batch(engine: &Engine, batch: Vec<Pending>, deadline_secs: u64, release_d
     let n = seqs.len();
     for mut s in seqs {
         let Some(p) = s.p.take() else { continue };
-        let flush = |text: &str, ids: &[u32], sealer: &mut ChunkSealer| {
-            engine::send_delta(sealer, &p.tx, text, ids)
+        let mut sink = p.sink;
+        let mut flush = |text: &str, ids: &[u32], sealer: &mut ChunkSealer| {
+            engine::send_delta(sealer, &mut sink, text, ids)
         };
         let mut sealer = p.sealer;
-        if !s.gone && s.failure.is_none() {
+        if s.gone.is_none() && s.failure.is_none() {
             // As generate_with_tokens: the decoder's held-back text, then leftover ids.
             if let Ok(Some(rest)) = s.decoder.finish()
                 && !rest.is_empty()
@@ -275,15 +305,15 @@ fn run_batch(engine: &Engine, batch: Vec<Pending>, deadline_secs: u64, release_d
             }
         }
         let prompt_tokens = p.job.prompt_ids.len();
-        let outcome = if s.gone {
+        let outcome = if let Some(e) = s.gone {
             Outcome {
                 prompt_tokens,
                 completion_tokens: s.generated.len(),
-                finish: "client_gone",
+                finish: e.kind(),
                 batch: 1,
             }
         } else if let Some(f) = s.failure {
-            engine::send_error(sealer, &p.tx, &f);
+            engine::send_error(sealer, &mut sink, &f);
             Outcome {
                 prompt_tokens,
                 completion_tokens: s.generated.len(),
@@ -293,7 +323,7 @@ fn run_batch(engine: &Engine, batch: Vec<Pending>, deadline_secs: u64, release_d
         } else {
             engine::send_receipt(
                 sealer,
-                &p.tx,
+                &mut sink,
                 &p.job,
                 release_digest,
                 prompt_tokens,
@@ -301,10 +331,11 @@ fn run_batch(engine: &Engine, batch: Vec<Pending>, deadline_secs: u64, release_d
                 s.finish.unwrap_or(tandem_model::FinishReason::Length),
             )
         };
-        (p.done)(Outcome {
+        let out = Outcome {
             batch: n,
             ..outcome
-        });
+        };
+        finish(runtime, sink, p.deadline, p.done, out);
     }
 }
 
@@ -324,10 +355,15 @@ fn decode(
     let mut rows: Vec<Vec<f32>> = logits.narrow(1, longest - 1, 1)?.squeeze(1)?.to_vec2()?;
     loop {
         for (s, row) in seqs.iter_mut().zip(&rows) {
-            if s.finish.is_some() || s.failure.is_some() || s.gone {
+            if s.finish.is_some() || s.failure.is_some() || s.gone.is_some() {
                 continue;
             }
             let Some(p) = s.p.as_mut() else { continue };
+            // A stalled client is found even while its decoder holds text back.
+            if let Err(e) = p.sink.poll() {
+                s.gone = Some(e);
+                continue;
+            }
             let next = s.sampler.sample(row, &s.context)?;
             if eos.contains(&next) {
                 s.finish = Some(tandem_model::FinishReason::Eos);
@@ -340,8 +376,10 @@ fn decode(
                 && !piece.is_empty()
             {
                 s.text_len += piece.len();
-                if engine::send_delta(&mut p.sealer, &p.tx, &piece, &s.pending).is_break() {
-                    s.gone = true;
+                if let std::ops::ControlFlow::Break(e) =
+                    engine::send_delta(&mut p.sealer, &mut p.sink, &piece, &s.pending)
+                {
+                    s.gone = Some(e);
                     continue;
                 }
                 s.pending.clear();
@@ -356,10 +394,10 @@ fn decode(
         }
         let active = seqs
             .iter()
-            .any(|s| s.finish.is_none() && s.failure.is_none() && !s.gone);
+            .any(|s| s.finish.is_none() && s.failure.is_none() && s.gone.is_none());
         if !active || cache.len() >= capacity {
             for s in seqs.iter_mut() {
-                if s.finish.is_none() && s.failure.is_none() && !s.gone {
+                if s.finish.is_none() && s.failure.is_none() && s.gone.is_none() {
                     s.finish = Some(tandem_model::FinishReason::Length);
                 }
             }

@@ -4,11 +4,11 @@
 //! Generation is `tandem_model::Model::generate_with_tokens`, the same call the device's local
 //! path makes, with the same sampling parameters, so greedy outputs match token for token.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use tandem_model::{
@@ -18,6 +18,7 @@ use tandem_model::{
 use tandem_proto::ChunkSealer;
 use tandem_proto::v1::{self, SubmitReply, response_event, submit_reply};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tonic::Status;
 use zeroize::Zeroizing;
 
@@ -175,6 +176,126 @@ pub struct Outcome {
 /// Where a request's reply messages go.
 pub type Tx = mpsc::Sender<Result<SubmitReply, Status>>;
 
+/// Why a response stream stopped taking chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The client went away (its stream was dropped or reset).
+    Gone,
+    /// The client took no chunk for longer than `limits.stall_timeout_ms` (for example an
+    /// HTTP/2 client that keeps its flow-control window at zero).
+    Stalled,
+}
+
+impl Ended {
+    /// The `finish` of the request's log event.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Ended::Gone => "client_gone",
+            Ended::Stalled => "client_stalled",
+        }
+    }
+}
+
+/// One request's outgoing sealed chunks.
+///
+/// Generation never waits on the client: [`Sink::push`] hands a chunk to the response stream if
+/// it has room and otherwise holds it (at most one chunk per generated piece, so bounded by
+/// `max_new_tokens`). A stream whose held chunks made no progress for `stall` is ended
+/// ([`Ended::Stalled`]); the generation stops and its slot is freed. So a reader that is slow or
+/// never reads costs at most `stall` of generation and never blocks a generation thread, a batch
+/// worker or its batch-mates. What is still held when generation ends is sent by
+/// [`Sink::finish`] on the async runtime, after the generation slot was released.
+#[derive(Debug)]
+pub struct Sink {
+    tx: Tx,
+    held: VecDeque<Result<SubmitReply, Status>>,
+    stall: Duration,
+    /// When the oldest held chunk started waiting (reset whenever a held chunk goes out).
+    waiting_since: Option<Instant>,
+    ended: Option<Ended>,
+}
+
+impl Sink {
+    /// A sink over `tx` that ends the stream when it takes no chunk for `stall`.
+    pub fn new(tx: Tx, stall: Duration) -> Self {
+        Sink {
+            tx,
+            held: VecDeque::new(),
+            stall,
+            waiting_since: None,
+            ended: None,
+        }
+    }
+
+    fn end(&mut self, why: Ended) -> Ended {
+        self.held.clear();
+        self.ended = Some(why);
+        why
+    }
+
+    /// Moves held chunks into the stream while it has room, then checks the stall bound.
+    /// Never blocks.
+    pub fn poll(&mut self) -> Result<(), Ended> {
+        if let Some(e) = self.ended {
+            return Err(e);
+        }
+        while let Some(m) = self.held.pop_front() {
+            match self.tx.try_send(m) {
+                Ok(()) => self.waiting_since = None,
+                Err(TrySendError::Full(m)) => {
+                    self.held.push_front(m);
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => return Err(self.end(Ended::Gone)),
+            }
+        }
+        if self.held.is_empty() {
+            self.waiting_since = None;
+            return Ok(());
+        }
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > self.stall {
+            return Err(self.end(Ended::Stalled));
+        }
+        Ok(())
+    }
+
+    /// Queues `m` after what is held and sends what the stream has room for. Never blocks;
+    /// `Err` once the stream has ended (gone, or stalled past the bound).
+    pub fn push(&mut self, m: SubmitReply) -> Result<(), Ended> {
+        if let Some(e) = self.ended {
+            return Err(e);
+        }
+        self.held.push_back(Ok(m));
+        self.poll()
+    }
+
+    /// Sends every held chunk, waiting at most the stall bound for each one and never past
+    /// `deadline` plus that bound (room for a final deadline error); returns `out` with
+    /// `finish` set to why the stream ended if it did.
+    pub async fn finish(mut self, out: Outcome, deadline: Instant) -> Outcome {
+        let ended = |e: Ended| Outcome {
+            finish: e.kind(),
+            ..out
+        };
+        if let Some(e) = self.ended {
+            return ended(e);
+        }
+        let last = deadline.checked_add(self.stall).unwrap_or(deadline);
+        while let Some(m) = self.held.pop_front() {
+            let wait = self
+                .stall
+                .min(last.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(wait, self.tx.send(m)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return ended(Ended::Gone),
+                Err(_) => return ended(Ended::Stalled),
+            }
+        }
+        out
+    }
+}
+
 fn sealed(plain: &[u8], sealer: &mut ChunkSealer) -> Option<SubmitReply> {
     sealer.seal(plain).ok().map(|c| SubmitReply {
         part: Some(submit_reply::Part::Chunk(c)),
@@ -190,37 +311,42 @@ fn encode(ev: response_event::Event) -> Zeroizing<Vec<u8>> {
 }
 
 /// Seals `failure` as the final chunk.
-pub fn send_error(sealer: ChunkSealer, tx: &Tx, failure: &Failure) {
+pub fn send_error(sealer: ChunkSealer, sink: &mut Sink, failure: &Failure) {
     let plain = encode(response_event::Event::Error(v1::NodeError {
         code: failure.code() as u32,
         message: failure.to_string(),
     }));
     if let Ok(c) = sealer.seal_final(&plain) {
-        let _ = tx.blocking_send(Ok(SubmitReply {
+        let _ = sink.push(SubmitReply {
             part: Some(submit_reply::Part::Chunk(c)),
-        }));
+        });
     }
 }
 
-/// Seals and sends one delta; `Break` if the client went away or sealing failed.
-pub fn send_delta(sealer: &mut ChunkSealer, tx: &Tx, text: &str, ids: &[u32]) -> ControlFlow<()> {
+/// Seals and queues one delta; `Break` (with why) if the stream ended or sealing failed.
+pub fn send_delta(
+    sealer: &mut ChunkSealer,
+    sink: &mut Sink,
+    text: &str,
+    ids: &[u32],
+) -> ControlFlow<Ended> {
     let plain = encode(response_event::Event::Delta(v1::TextDelta {
         text: text.to_owned(),
         token_ids: ids.to_vec(),
     }));
     let Some(reply) = sealed(&plain, sealer) else {
-        return ControlFlow::Break(());
+        return ControlFlow::Break(Ended::Gone);
     };
-    if tx.blocking_send(Ok(reply)).is_err() {
-        return ControlFlow::Break(());
+    match sink.push(reply) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(e) => ControlFlow::Break(e),
     }
-    ControlFlow::Continue(())
 }
 
 /// Seals the receipt as the final chunk.
 pub fn send_receipt(
     sealer: ChunkSealer,
-    tx: &Tx,
+    sink: &mut Sink,
     job: &Job,
     release_digest: [u8; 32],
     prompt_tokens: usize,
@@ -244,32 +370,32 @@ pub fn send_receipt(
         finish_reason: finish as i32,
     }));
     let sent = match sealer.seal_final(&plain) {
-        Ok(c) => tx
-            .blocking_send(Ok(SubmitReply {
-                part: Some(submit_reply::Part::Chunk(c)),
-            }))
-            .is_ok(),
-        Err(_) => false,
+        Ok(c) => sink.push(SubmitReply {
+            part: Some(submit_reply::Part::Chunk(c)),
+        }),
+        Err(_) => Err(Ended::Gone),
     };
     Outcome {
         prompt_tokens,
         completion_tokens,
         finish: match (sent, finish) {
-            (false, _) => "client_gone",
-            (true, v1::FinishReason::Stop) => "stop",
-            (true, _) => "length",
+            (Err(e), _) => e.kind(),
+            (Ok(()), v1::FinishReason::Stop) => "stop",
+            (Ok(()), _) => "length",
         },
         batch: 1,
     }
 }
 
-/// Runs `job` and streams sealed deltas, then the receipt (or an error) as the final chunk.
-/// Blocking: call it on a blocking thread.
+/// Runs `job` and queues sealed deltas, then the receipt (or an error) as the final chunk, on
+/// `sink` (which never blocks; [`Sink::finish`] sends what it still holds). The deadline is
+/// checked after every generated piece, whatever the client does. Blocking: call it on a
+/// blocking thread.
 pub fn run(
     engine: &Engine,
     job: Job,
     mut sealer: ChunkSealer,
-    tx: &Tx,
+    sink: &mut Sink,
     deadline: Instant,
     deadline_secs: u64,
     release_digest: [u8; 32],
@@ -277,7 +403,7 @@ pub fn run(
     let model = match engine.model(&job.model) {
         Ok(m) => m,
         Err(f) => {
-            send_error(sealer, tx, &f);
+            send_error(sealer, sink, &f);
             return Outcome {
                 prompt_tokens: 0,
                 completion_tokens: 0,
@@ -293,7 +419,7 @@ pub fn run(
         eos_token_ids: None,
     };
     let mut timed_out = false;
-    let mut gone = false;
+    let mut gone = None;
     let mut completion = 0usize;
     let result = model.loaded.model.generate_with_tokens(
         &model.loaded.tokenizer,
@@ -302,8 +428,8 @@ pub fn run(
         &params,
         |text, ids| {
             completion += ids.len();
-            if send_delta(&mut sealer, tx, text, ids).is_break() {
-                gone = true;
+            if let ControlFlow::Break(e) = send_delta(&mut sealer, sink, text, ids) {
+                gone = Some(e);
                 return ControlFlow::Break(());
             }
             if Instant::now() > deadline {
@@ -314,8 +440,8 @@ pub fn run(
         },
     );
     let prompt_tokens = job.prompt_ids.len();
-    let fail = |f: Failure, sealer: ChunkSealer| {
-        send_error(sealer, tx, &f);
+    let fail = |f: Failure, sealer: ChunkSealer, sink: &mut Sink| {
+        send_error(sealer, sink, &f);
         Outcome {
             prompt_tokens,
             completion_tokens: completion,
@@ -323,16 +449,16 @@ pub fn run(
             batch: 1,
         }
     };
-    if gone {
+    if let Some(e) = gone {
         return Outcome {
             prompt_tokens,
             completion_tokens: completion,
-            finish: "client_gone",
+            finish: e.kind(),
             batch: 1,
         };
     }
     if timed_out {
-        return fail(Failure::Deadline(deadline_secs), sealer);
+        return fail(Failure::Deadline(deadline_secs), sealer, sink);
     }
     let generation = match result {
         Ok(g) => g,
@@ -340,6 +466,7 @@ pub fn run(
             return fail(
                 Failure::Internal("the model failed during generation".into()),
                 sealer,
+                sink,
             );
         }
     };
@@ -348,7 +475,7 @@ pub fn run(
     zeroize::Zeroize::zeroize(&mut text);
     send_receipt(
         sealer,
-        tx,
+        sink,
         &job,
         release_digest,
         generation.prompt_tokens,

@@ -121,7 +121,7 @@ impl KeyRing {
         };
         let due = match st.keys.last() {
             None => true,
-            Some(k) => now >= k.created + self.lifetime / 2,
+            Some(k) => now >= k.created.saturating_add(self.lifetime / 2),
         };
         if due {
             // Ids of live keys must differ: the request names the key id it was sealed to.
@@ -134,7 +134,7 @@ impl KeyRing {
             let live = Arc::new(LiveKey {
                 key,
                 created: now,
-                expires: now + self.lifetime,
+                expires: now.saturating_add(self.lifetime),
                 replay: Mutex::new(ReplayGuard::new(self.replay)?),
             });
             st.keys.push(live.clone());

@@ -214,6 +214,7 @@ impl Node {
                 limits.max_batch,
                 limits.deadline_secs,
                 *release_digest.as_bytes(),
+                tokio::runtime::Handle::current(),
             )
         });
         let shared = Arc::new(service::Shared {
@@ -290,8 +291,11 @@ impl Node {
             })
         };
         let drain_state = shared.clone();
+        let signalled = Arc::new(tokio::sync::Notify::new());
+        let signal = signalled.clone();
         let shutdown = async move {
             shutdown.await;
+            signal.notify_one();
             drain_state.draining.store(true, Ordering::SeqCst);
             event::emit(&event::Event::DrainStart {
                 in_flight: drain_state.in_flight.load(Ordering::SeqCst),
@@ -302,11 +306,21 @@ impl Node {
         // and the peer's delayed ACK each can wait ~40 ms.
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let result = builder
+        let server = builder
             .add_service(NodeServer::new(self.service()))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .map_err(|e| NodeError::Serve(e.to_string()));
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        // A graceful shutdown waits for every connection to close, and a client that never
+        // reads keeps its connection open forever; every stream a client reads ends within
+        // its deadline plus the stall bound, so stop waiting then.
+        let grace = Duration::from_secs(shared.limits.deadline_secs.saturating_add(5))
+            + Duration::from_millis(shared.limits.stall_timeout_ms);
+        let result = tokio::select! {
+            r = server => r.map_err(|e| NodeError::Serve(e.to_string())),
+            () = async {
+                signalled.notified().await;
+                tokio::time::sleep(grace).await;
+            } => Ok(()),
+        };
         // Streams run on blocking threads; wait for them to send their last chunk.
         let deadline = tokio::time::Instant::now()
             + Duration::from_secs(shared.limits.deadline_secs.saturating_add(5));

@@ -279,7 +279,14 @@ impl Node for NodeService {
         let start = Instant::now();
         let s = self.shared.clone();
         let deadline_secs = s.limits.deadline_secs;
-        let deadline = start + Duration::from_secs(deadline_secs);
+        // `limits.deadline_secs` is bounded when the config is checked; this cannot fail.
+        let Some(deadline) = start.checked_add(Duration::from_secs(deadline_secs)) else {
+            return Err(reject(
+                &Failure::Internal("limits.deadline_secs is out of range".into()),
+                start,
+            ));
+        };
+        let stall = Duration::from_millis(s.limits.stall_timeout_ms);
         let sealed = Zeroizing::new(request.into_inner().sealed_request);
         // Steps 1–6 (tokenizing is cheap next to generation; keep it off the async threads).
         let s2 = s.clone();
@@ -324,7 +331,7 @@ impl Node for NodeService {
             b.submit(super::batch::Pending {
                 job: admitted.job,
                 sealer,
-                tx,
+                sink: engine::Sink::new(tx, stall),
                 deadline,
                 done: Box::new(done),
             });
@@ -357,18 +364,22 @@ impl Node for NodeService {
         s.in_flight.fetch_add(1, Ordering::SeqCst);
         let job = admitted.job;
         let s3 = s.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            let mut sink = engine::Sink::new(tx, stall);
             let out = engine::run(
                 &s3.engine,
                 job,
                 sealer,
-                &tx,
+                &mut sink,
                 deadline,
                 deadline_secs,
                 s3.release_digest,
             );
+            // The slot is free once generation ends; what the client has not taken yet is
+            // sent without holding it.
             drop(slot);
-            done(out);
+            runtime.spawn(async move { done(sink.finish(out, deadline).await) });
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

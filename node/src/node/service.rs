@@ -283,6 +283,7 @@ impl Node for NodeService {
         let Some(deadline) = start.checked_add(Duration::from_secs(deadline_secs)) else {
             return Err(reject(
                 &Failure::Internal("limits.deadline_secs is out of range".into()),
+                None,
                 start,
             ));
         };

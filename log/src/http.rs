@@ -19,6 +19,53 @@ use tandem_attest::log::{InclusionBundle, LogError};
 /// Most tiles one proof may ask for: a proof touches at most two tiles per level.
 const MAX_TILE_FETCHES: usize = 256;
 
+/// Largest checkpoint read: C2SP tlog-checkpoint sets no size, and real ones (an origin, two
+/// numbers, a root hash, a few extension lines and signature lines) are well under 1 KiB; 64 KiB
+/// leaves room for hundreds of witness cosignatures and stops a hostile log from filling memory.
+pub const MAX_CHECKPOINT_BYTES: usize = 64 * 1024;
+/// Largest hash tile (C2SP tlog-tiles): at most 256 hashes of 32 bytes.
+pub const MAX_HASH_TILE_BYTES: usize = TILE_WIDTH as usize * 32;
+/// Largest entry bundle (C2SP tlog-tiles): at most 256 entries, each a big-endian `u16`
+/// length and at most 65,535 bytes of data.
+pub const MAX_ENTRY_BUNDLE_BYTES: usize = TILE_WIDTH as usize * (2 + tile::MAX_ENTRY_LEN);
+/// Largest answer to an append: a JSON inclusion bundle (at most 64 proof hashes and a
+/// checkpoint), with generous room.
+pub const MAX_APPEND_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// The most bytes the tlog-tiles spec lets the log answer at `path`: entry bundles under
+/// `tile/entries/`, hash tiles under `tile/`, checkpoints elsewhere (`checkpoint`, and the
+/// `checkpoint.<size>` files some logs keep).
+pub fn max_response_bytes(path: &str) -> usize {
+    if path.starts_with("tile/entries/") {
+        MAX_ENTRY_BUNDLE_BYTES
+    } else if path.starts_with("tile/") {
+        MAX_HASH_TILE_BYTES
+    } else {
+        MAX_CHECKPOINT_BYTES
+    }
+}
+
+/// Reads `resp`'s body, refusing (before reading it whole) one longer than `limit` bytes.
+async fn read_capped(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let too_long = |n: String| {
+        format!("the answer is {n} bytes, more than the {limit} bytes the spec allows here")
+    };
+    if let Some(n) = resp.content_length()
+        && n > limit as u64
+    {
+        return Err(too_long(n.to_string()));
+    }
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_long(format!("over {limit}")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Why reading the log failed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -92,7 +139,8 @@ impl LogClient {
         }
     }
 
-    /// `GET {base}/{path}`: the body of a successful answer.
+    /// `GET {base}/{path}`: the body of a successful answer, refused when longer than
+    /// [`max_response_bytes`] allows for `path`.
     pub async fn get(&self, path: &str) -> Result<Vec<u8>, FetchError> {
         match self.fetch(path).await? {
             Some(b) => Ok(b),
@@ -121,11 +169,13 @@ impl LogClient {
             .await
             .map_err(|e| err(e.to_string()))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| err(e.to_string()))?;
+        let body = read_capped(resp, MAX_APPEND_ANSWER_BYTES)
+            .await
+            .map_err(err)?;
         if !status.is_success() {
             return Err(err(format!(
                 "HTTP {status}: {}",
-                String::from_utf8_lossy(&body)
+                String::from_utf8_lossy(&body[..body.len().min(200)])
             )));
         }
         serde_json::from_slice(&body).map_err(|e| {
@@ -195,14 +245,21 @@ impl LogClient {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let body = resp.bytes().await.map_err(|e| err(e.to_string()))?;
+        // An error answer is only read for its first words; a successful one up to what the
+        // spec allows at this path.
+        let limit = if status.is_success() {
+            max_response_bytes(path)
+        } else {
+            4096
+        };
+        let body = read_capped(resp, limit).await.map_err(err)?;
         if !status.is_success() {
             return Err(err(format!(
                 "HTTP {status}: {}",
                 String::from_utf8_lossy(&body[..body.len().min(200)])
             )));
         }
-        Ok(Some(body.to_vec()))
+        Ok(Some(body))
     }
 
     /// The log's newest checkpoint, opened under `key`.

@@ -15,4 +15,7 @@ pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
 
-pub use http::{FetchError, LogClient};
+pub use http::{
+    FetchError, LogClient, MAX_APPEND_ANSWER_BYTES, MAX_CHECKPOINT_BYTES, MAX_ENTRY_BUNDLE_BYTES,
+    MAX_HASH_TILE_BYTES, max_response_bytes,
+};

@@ -65,6 +65,9 @@ pub enum LogError {
     /// A batch append request (`POST /add-batch`) is malformed.
     #[error("malformed append batch: {0}")]
     MalformedBatch(String),
+    /// A C2SP tlog-witness request (`add-checkpoint` body) or answer is malformed.
+    #[error("malformed witness request: {0}")]
+    MalformedWitnessRequest(String),
     /// A signature did not verify, or the expected signature is missing.
     #[error("bad signature: {0}")]
     BadSignature(String),

@@ -244,6 +244,18 @@ impl CosignerKey {
         &self.name
     }
 
+    /// C2SP signed-note key id of this name and key.
+    fn computed_id(&self) -> u32 {
+        let mut raw = vec![ALG_COSIGNATURE_V1];
+        raw.extend_from_slice(self.key.as_bytes());
+        signed_note::key_id(&self.name, &raw)
+    }
+
+    /// The 32-bit key id.
+    pub fn key_id(&self) -> u32 {
+        self.key_id
+    }
+
     /// The encoded verifier key.
     pub fn vkey(&self) -> String {
         let mut raw = vec![ALG_COSIGNATURE_V1];
@@ -311,6 +323,69 @@ impl Cosigner {
             key,
             timestamp: 0,
         })
+    }
+
+    /// Load a witness key from its private key encoding (see [`Cosigner::private_key`]).
+    pub fn from_skey(skey: &str) -> Result<Self, LogError> {
+        let skey = skey.trim();
+        let bad = |why: &str| LogError::BadKey(format!("the witness private key {why}"));
+        // `PRIVATE+KEY+<name>+<id hex>+<base64(0x04 || seed)>`; the base64 may contain '+'.
+        let mut parts = skey.splitn(5, '+');
+        if (parts.next(), parts.next()) != (Some("PRIVATE"), Some("KEY")) {
+            return Err(bad("does not start with PRIVATE+KEY+"));
+        }
+        let (Some(name), Some(id_hex), Some(seed_b64)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("is not PRIVATE+KEY+<name>+<id>+<base64>"));
+        };
+        if !signed_note::is_key_name_valid(name) {
+            return Err(bad("has an empty name or one with spaces or '+'"));
+        }
+        let raw = B64
+            .decode(seed_b64)
+            .map_err(|_| bad("is not base64 after the key id"))?;
+        if raw.first() != Some(&ALG_COSIGNATURE_V1) {
+            return Err(bad(
+                "is not a cosignature/v1 key (type byte 0x04); is it a log key?",
+            ));
+        }
+        let seed: [u8; 32] = raw[1..].try_into().map_err(|_| bad("is not 32 bytes"))?;
+        let mut at = Self {
+            name: name.to_owned(),
+            key_id: 0,
+            key: SigningKey::from_bytes(&seed),
+            timestamp: 0,
+        };
+        at.key_id = at.key().computed_id();
+        if id_hex.len() != 8 || u32::from_str_radix(id_hex, 16).ok() != Some(at.key_id) {
+            return Err(bad("has a key id that does not match its name and key"));
+        }
+        Ok(at)
+    }
+
+    /// The private key encoding, `PRIVATE+KEY+<name>+<id hex>+<base64(0x04 || seed)>` (the
+    /// shape of C2SP signed-note private keys, with the cosignature/v1 type byte). Keep it
+    /// secret.
+    pub fn private_key(&self) -> String {
+        let mut raw = vec![ALG_COSIGNATURE_V1];
+        raw.extend_from_slice(self.key.as_bytes());
+        format!(
+            "PRIVATE+KEY+{}+{:08x}+{}",
+            self.name,
+            self.key_id,
+            B64.encode(raw)
+        )
+    }
+
+    /// C2SP tlog-witness `add-checkpoint` response: this witness's note signature line
+    /// (`— <name> <base64(key id || timestamp || signature)>\n`) over the checkpoint body
+    /// `checkpoint_text`, made at `timestamp` (POSIX seconds).
+    pub fn cosignature_line(&self, checkpoint_text: &[u8], timestamp: u64) -> String {
+        let sig = self.key.sign(&cosigned_message(timestamp, checkpoint_text));
+        let mut raw = self.key_id.to_be_bytes().to_vec();
+        raw.extend_from_slice(&timestamp.to_be_bytes());
+        raw.extend_from_slice(&sig.to_bytes());
+        format!("\u{2014} {} {}\n", self.name, B64.encode(raw))
     }
 
     /// The verifier side of this witness.

@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench_cmd;
 mod chat_template_cmd;
 mod client_cmd;
 mod model_cmd;

@@ -72,6 +72,9 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Prefill and decode speed, time to first token and peak RSS on this machine (one JSON
+    /// object per run with --json); what `scripts/anchors/compare.sh` runs beside llama-bench.
+    Bench(crate::bench_cmd::BenchArgs),
     /// A conversation rendered with the model's chat template: the exact prompt it sees.
     ChatTemplate(crate::chat_template_cmd::ChatTemplateArgs),
     /// Architecture, parameter count, dtype, bytes and digest of a model directory.
@@ -139,6 +142,7 @@ impl Cmd {
                 json,
             } => import(&file, &out, dtype, json),
             Cmd::ChatTemplate(a) => crate::chat_template_cmd::run(a),
+            Cmd::Bench(a) => crate::bench_cmd::run(a),
         }
     }
 }

@@ -92,7 +92,7 @@ pub struct LogStore {
 }
 
 /// What [`LogStore::open`] found and did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Recovery {
     /// Entries in the WAL after recovery.
     pub entries: u64,
@@ -100,6 +100,9 @@ pub struct Recovery {
     pub previous_checkpoint: u64,
     /// Bytes of torn WAL tail cut off.
     pub truncated_bytes: u64,
+    /// Tiles of the published tree that were missing or did not match the WAL, rewritten from
+    /// it (`tile/0/000 (missing)`, …).
+    pub repaired_tiles: Vec<String>,
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
@@ -287,6 +290,39 @@ impl LogStore {
                 .ctx(|| format!("fsync of {}", wal_path.display()))?;
         }
 
+        // 3. Every tile of the published tree must be on disk and match the WAL: a lost or
+        //    damaged file (a deleted `tile/0/000`, a bad disk block) is rewritten from the WAL,
+        //    so the log never serves a tree that cannot be verified. Reading every tile is one
+        //    pass over files the size of the WAL's hashes and entries.
+        let mut staged = Staged::default();
+        let mut repaired_tiles = Vec::new();
+        for t in tile::tiles_to_publish(0, published_size) {
+            let want = match t.kind {
+                TileKind::Hash(level) => tile::hash_tile_data(&tree, level, t.index, t.width)?,
+                TileKind::Entries => {
+                    let lo = (t.index * TILE_WIDTH) as usize;
+                    let entries: Vec<&[u8]> = spans[lo..lo + usize::from(t.width)]
+                        .iter()
+                        .map(|&(a, b)| &bytes[a..b])
+                        .collect();
+                    tile::encode_entry_bundle(&entries)?
+                }
+            };
+            let path = dir.join(t.to_path());
+            match fs::read(&path) {
+                Ok(have) if have == want => {}
+                Ok(_) => {
+                    repaired_tiles.push(format!("{} (did not match the WAL)", t.to_path()));
+                    staged.add(path, want)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    repaired_tiles.push(format!("{} (missing)", t.to_path()));
+                    staged.add(path, want)?;
+                }
+                Err(e) => return Err(e).ctx(|| format!("reading {}", path.display())),
+            }
+        }
+
         let mut store = Self {
             dir: dir.to_path_buf(),
             signer,
@@ -300,11 +336,11 @@ impl LogStore {
             entries: store.tree.size(),
             previous_checkpoint: published_size,
             truncated_bytes,
+            repaired_tiles,
         };
-        // 3. Full entry bundles past the published size may not have been written before the
+        // 4. Full entry bundles past the published size may not have been written before the
         //    crash: rewrite them from the WAL (deterministic, so rewriting is harmless).
         let size = store.tree.size();
-        let mut staged = Staged::default();
         for index in published_size / TILE_WIDTH..size / TILE_WIDTH {
             let lo = (index * TILE_WIDTH) as usize;
             let entries: Vec<&[u8]> = spans[lo..lo + TILE_WIDTH as usize]
@@ -314,7 +350,7 @@ impl LogStore {
             store.stage_bundle(index, &entries, &mut staged)?;
         }
         drop(bytes);
-        // 4. Rewrite the right edge of the published tree if nothing new is to be published
+        // 5. Rewrite the right edge of the published tree if nothing new is to be published
         //    (cheap; covers a lost directory entry), else publish everything the WAL holds.
         if store.checkpoint.is_empty() || size > published_size {
             let from = published_size;
@@ -327,6 +363,7 @@ impl LogStore {
             )?;
             store.commit(&staged, false, None)?;
         }
+        // The repaired tiles went out with that commit.
         Ok((store, recovery))
     }
 

@@ -169,6 +169,9 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
                 rec.previous_checkpoint,
                 rec.truncated_bytes
             );
+            for t in &rec.repaired_tiles {
+                eprintln!("log {}: rewrote {t} from the WAL", dir.display());
+            }
             serve_runtime(http_threads)?.block_on(serve(store, &listen))
         }
         LogCommand::Append {

@@ -326,9 +326,7 @@ async fn serve(store: LogStore, listen: &str) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("listening on http://{addr}");
     axum::serve(listener, server::app(store))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(tandem_service::shutdown_signal())
         .await
         .context("serving HTTP")
 }

@@ -657,3 +657,42 @@ fn lost_or_damaged_interior_tiles_are_rebuilt_from_the_wal() {
         );
     }
 }
+
+/// Issue 19 (6): `attest log serve` stops gracefully on SIGTERM (what service managers and
+/// Kubernetes send), not only on Ctrl-C: it exits 0 and the log reopens cleanly.
+#[test]
+fn sigterm_stops_the_log_gracefully() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, log) = keygen(tmp.path());
+    let dir = tmp.path().join("log");
+    let mut server = Server::start(&dir, &key).unwrap();
+    rt().block_on(add_batch(
+        &server.url,
+        &log,
+        &[b"one".to_vec(), b"two".to_vec()],
+    ));
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attest log serve did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    drop(server);
+    let again = Server::start(&dir, &key).unwrap();
+    let cp = rt().block_on(async { checkpoint(&reqwest::Client::new(), &again.url, &log).await });
+    assert_eq!(cp.checkpoint().size, 2);
+}

@@ -8,12 +8,16 @@
 //! - [`store`] (feature `server`): the log's durable files, with group commit.
 //! - [`server`] (feature `server`): its HTTP API, run by `attest log serve` and, in-process, by
 //!   `tandem-fleet dev` and the end-to-end tests.
+//! - [`witness`] (feature `server`): the log's side of C2SP tlog-witness, submitting each new
+//!   checkpoint to witnesses and collecting their cosignatures.
 
 pub mod http;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod witness;
 
 pub use http::{
     FetchError, LogClient, MAX_APPEND_ANSWER_BYTES, MAX_CHECKPOINT_BYTES, MAX_ENTRY_BUNDLE_BYTES,

@@ -22,6 +22,13 @@
 //! [`BUSY_BATCH_INTERVAL`] while batches are large (many writers waiting). Answers are
 //! serialised by the request handlers, not the sequencer; the checkpoint is JSON-escaped once
 //! per batch and shared.
+//!
+//! With witnesses ([`app_witnessed`], C2SP tlog-witness), `GET /checkpoint` serves the newest
+//! checkpoint that went through a witness round, with the witnesses' cosignature lines
+//! appended; see [`crate::witness`] for what happens when fewer than the quorum answer. The
+//! answers to `/add` and `/add-batch` carry the log-signed checkpoint of their commit (they do
+//! not wait for witnesses); a cosigned proof for an entry is built against `GET /checkpoint`
+//! (`attest log prove --tlog-proof`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -43,6 +50,7 @@ use tandem_attest::log::tile::{MAX_ENTRY_LEN, TilePath};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::LogStore;
+use crate::witness::{ProofSource, WitnessConfig, WitnessError, Witnesses};
 
 /// Most entries committed in one batch (a batch request that arrives when the batch is nearly
 /// full still joins it whole).
@@ -103,16 +111,142 @@ struct AppState {
     dir: PathBuf,
 }
 
+/// Where the sequencer puts each new signed checkpoint.
+enum Publisher {
+    /// Straight to `GET /checkpoint`.
+    Direct(Arc<RwLock<Vec<u8>>>),
+    /// To the witness task, which publishes it once its witness round is over.
+    Witnessed(tokio::sync::watch::Sender<Vec<u8>>),
+}
+
+impl Publisher {
+    fn publish(&self, checkpoint: &[u8]) {
+        match self {
+            Self::Direct(p) => {
+                if let Ok(mut p) = p.write() {
+                    p.clear();
+                    p.extend_from_slice(checkpoint);
+                }
+            }
+            Self::Witnessed(tx) => {
+                tx.send_replace(checkpoint.to_vec());
+            }
+        }
+    }
+}
+
+/// Shortest and longest wait before a witness round that missed the quorum is retried.
+const WITNESS_RETRY_MIN: Duration = Duration::from_secs(1);
+const WITNESS_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// Start the sequencer and return the router.
 pub fn app(store: LogStore) -> Router {
     let checkpoint = Arc::new(RwLock::new(store.checkpoint().to_vec()));
-    let dir = store.dir().to_path_buf();
+    let publisher = Publisher::Direct(checkpoint.clone());
+    build(store, checkpoint, publisher)
+}
+
+/// Like [`app`], and every new checkpoint is submitted to `witnesses` (C2SP tlog-witness) by a
+/// task on the current Tokio runtime (so this must be called inside one) before it is served
+/// by `GET /checkpoint`. The checkpoint found in the store at start is submitted first; until
+/// its round is over the log-signed one is served.
+pub fn app_witnessed(store: LogStore, witnesses: WitnessConfig) -> Result<Router, WitnessError> {
+    let witnesses = Witnesses::new(witnesses)?;
+    let checkpoint = Arc::new(RwLock::new(store.checkpoint().to_vec()));
+    let (tx, rx) = tokio::sync::watch::channel(store.checkpoint().to_vec());
     let store = Arc::new(RwLock::new(store));
+    let proof_store = store.clone();
+    let proofs: ProofSource = Arc::new(move |old, new| {
+        let s = proof_store
+            .read()
+            .map_err(|_| "the log's state is poisoned".to_owned())?;
+        s.consistency_proof(old, new).map_err(|e| format!("{e:#}"))
+    });
+    tokio::spawn(witness_loop(witnesses, rx, checkpoint.clone(), proofs));
+    Ok(build_shared(
+        store,
+        checkpoint.clone(),
+        Publisher::Witnessed(tx),
+    ))
+}
+
+/// Submit each checkpoint the sequencer publishes to the witnesses, then serve it with the
+/// cosignatures gathered. Checkpoints published while a round runs are skipped but the newest
+/// one, which the next round submits (witnesses need not see every checkpoint).
+async fn witness_loop(
+    mut witnesses: Witnesses,
+    mut rx: tokio::sync::watch::Receiver<Vec<u8>>,
+    published: Arc<RwLock<Vec<u8>>>,
+    proofs: ProofSource,
+) {
+    let mut backoff = WITNESS_RETRY_MIN;
+    // The note last served and how many witnesses had cosigned it.
+    let mut served: Option<(Vec<u8>, usize)> = None;
+    loop {
+        let note = rx.borrow_and_update().clone();
+        let mut retry = None;
+        if !note.is_empty() {
+            let round = witnesses.round(&note, &proofs).await;
+            let better = match &served {
+                Some((n, c)) => *n != note || round.cosigned >= *c,
+                None => true,
+            };
+            if better {
+                if let Ok(mut p) = published.write() {
+                    p.clone_from(&round.note);
+                }
+                served = Some((note.clone(), round.cosigned));
+            }
+            if round.cosigned < witnesses.quorum() {
+                let why: Vec<String> = round.failures.iter().map(ToString::to_string).collect();
+                eprintln!(
+                    "attest log: only {} of the {} required witnesses cosigned the checkpoint \
+                     ({}); it is published without their quorum, retrying in {backoff:?}: {}",
+                    round.cosigned,
+                    witnesses.quorum(),
+                    String::from_utf8_lossy(note.split(|&b| b == b'\n').nth(1).unwrap_or_default()),
+                    why.join("; ")
+                );
+                retry = Some(backoff);
+                backoff = (backoff * 2).min(WITNESS_RETRY_MAX);
+            } else {
+                backoff = WITNESS_RETRY_MIN;
+            }
+        }
+        match retry {
+            Some(wait) => {
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+            None => {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn build(store: LogStore, checkpoint: Arc<RwLock<Vec<u8>>>, publisher: Publisher) -> Router {
+    build_shared(Arc::new(RwLock::new(store)), checkpoint, publisher)
+}
+
+fn build_shared(
+    store: Arc<RwLock<LogStore>>,
+    checkpoint: Arc<RwLock<Vec<u8>>>,
+    publisher: Publisher,
+) -> Router {
+    let dir = match store.read() {
+        Ok(s) => s.dir().to_path_buf(),
+        Err(e) => e.into_inner().dir().to_path_buf(),
+    };
     let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-    let (seq_store, seq_cp) = (store.clone(), checkpoint.clone());
+    let seq_store = store.clone();
     std::thread::Builder::new()
         .name("log-sequencer".into())
-        .spawn(move || sequencer(&seq_store, rx, &seq_cp))
+        .spawn(move || sequencer(&seq_store, rx, &publisher))
         .unwrap_or_else(|e| panic!("cannot start the sequencer thread: {e}"));
     let state = AppState {
         checkpoint,
@@ -135,7 +269,7 @@ pub fn app(store: LogStore) -> Router {
 }
 
 /// Group commit loop: block for one request, take every other one queued, commit, answer.
-fn sequencer(store: &RwLock<LogStore>, mut rx: mpsc::Receiver<Job>, published: &RwLock<Vec<u8>>) {
+fn sequencer(store: &RwLock<LogStore>, mut rx: mpsc::Receiver<Job>, published: &Publisher) {
     let mut last_commit: Option<Instant> = None;
     let mut interval = MIN_BATCH_INTERVAL;
     while let Some(first) = rx.blocking_recv() {
@@ -176,9 +310,7 @@ fn sequencer(store: &RwLock<LogStore>, mut rx: mpsc::Receiver<Job>, published: &
                 let checkpoint = guard.checkpoint().to_vec();
                 // Downgrade to a read lock: proof requests may proceed while answers are built.
                 drop(guard);
-                if let Ok(mut p) = published.write() {
-                    p.clone_from(&checkpoint);
-                }
+                published.publish(&checkpoint);
                 let checkpoint_json: Arc<str> =
                     serde_json::to_string(&String::from_utf8_lossy(&checkpoint))
                         .unwrap_or_default()

@@ -102,6 +102,9 @@ fn requests_that_cannot_run_fail_with_the_reason() {
             "exceed the local budget of 256",
         ),
         (vec!["ask", "hi", "--route", "cloud"], "unknown route"),
+        // Issue 19 (6): zero new tokens is refused, not an empty success.
+        (vec!["ask", "hi", "--max-tokens", "0"], "--max-tokens"),
+        (vec!["chat", "--max-tokens", "0"], "--max-tokens"),
         (
             vec!["ask", "hi", "--gateway", "http://127.0.0.1:1"],
             "no trust policy",

@@ -70,8 +70,8 @@ pub struct AskArgs {
     /// user turn), and without the task prompt format of a task adapter.
     #[arg(long)]
     raw: bool,
-    /// Most new tokens.
-    #[arg(long, default_value_t = 64)]
+    /// Most new tokens (at least 1).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     max_tokens: u32,
     /// Sampling temperature; 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
@@ -98,8 +98,8 @@ pub struct ChatArgs {
     /// Adapter name.
     #[arg(long)]
     adapter: Option<String>,
-    /// Most new tokens per reply.
-    #[arg(long, default_value_t = 48)]
+    /// Most new tokens per reply (at least 1).
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..))]
     max_tokens: u32,
     /// Sampling temperature; 0 = greedy.
     #[arg(long, default_value_t = 0.7)]

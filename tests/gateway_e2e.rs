@@ -342,6 +342,8 @@ fn gateway_config(
         first_message_timeout: Duration::from_secs(65),
         tls: None,
         node_ca_pem: None,
+        node_keepalive: tandem_gateway::config::Keepalive::default(),
+        dns: None,
     }
 }
 

@@ -395,6 +395,8 @@ impl DevFleet {
             first_message_timeout: Duration::from_secs(65),
             tls: None,
             node_ca_pem: None,
+            node_keepalive: tandem_gateway::config::Keepalive::default(),
+            dns: None,
         };
         let gw = match BoundGateway::bind(gw_config, events).await {
             Ok(g) => g,

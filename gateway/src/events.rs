@@ -66,6 +66,38 @@ pub enum Event {
         /// Messages relayed before the failure.
         relayed: u64,
     },
+    /// A node found through DNS joined the fleet (it is offered once a health check passed).
+    NodeAdded {
+        /// Its number in logs.
+        node: usize,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// A node DNS no longer names left the fleet.
+    NodeRemoved {
+        /// Its number in logs.
+        node: usize,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// A DNS resolution changed the fleet (or was the first to succeed, or the first after a
+    /// failure).
+    DnsResolved {
+        /// The names asked for.
+        names: String,
+        /// Nodes DNS names now.
+        nodes: usize,
+        /// Records past `dns.max_nodes`, ignored.
+        ignored: usize,
+    },
+    /// A DNS resolution failed (first failure, or a different reason than the last); the last
+    /// set of nodes is kept.
+    DnsFailed {
+        /// The names asked for.
+        names: String,
+        /// The resolver's reason.
+        reason: String,
+    },
     /// Shutting down.
     ShuttingDown,
 }
@@ -95,6 +127,22 @@ impl Event {
             }),
             Self::MidstreamFailure { node, relayed } => serde_json::json!({
                 "event": "midstream_failure", "node": node, "relayed_messages": relayed,
+            }),
+            Self::NodeAdded { node, addr } => serde_json::json!({
+                "event": "node_added", "node": node, "addr": addr.to_string(), "source": "dns",
+            }),
+            Self::NodeRemoved { node, addr } => serde_json::json!({
+                "event": "node_removed", "node": node, "addr": addr.to_string(), "source": "dns",
+            }),
+            Self::DnsResolved {
+                names,
+                nodes,
+                ignored,
+            } => serde_json::json!({
+                "event": "dns_resolved", "names": names, "nodes": nodes, "ignored": ignored,
+            }),
+            Self::DnsFailed { names, reason } => serde_json::json!({
+                "event": "dns_failed", "names": names, "reason": reason,
             }),
             Self::ShuttingDown => serde_json::json!({ "event": "shutting_down" }),
         };

@@ -1,13 +1,19 @@
-//! The fleet as the gateway sees it: one entry per configured node, its opaque handle, and its
-//! last health-check result.
+//! The fleet as the gateway sees it: one entry per node (the config's static list, and the
+//! nodes its DNS source currently names), its opaque handle, and its last health-check result.
 //!
 //! A health check calls the node's `GetAttestation` and parses the bundle (parsing only: the
 //! gateway is not trusted by anyone, so it does not verify; devices do). A node is healthy when
 //! the call succeeded within the timeout, the bundle parsed, and its key has not expired. The
 //! node lists beside the bundle the model and adapter directory digests it serves (a routing
 //! hint, see [`Fleet::choose`]); Discover offers only nodes listing the requested ones.
+//!
+//! Nodes found through DNS ([`Fleet::sync_dns`]) join in the unknown state, so they are offered
+//! only once a health check passed; nodes DNS no longer names leave at once (a stream already
+//! relayed from one runs to its end, it holds its own reference).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,7 +28,8 @@ use tandem_proto::v1::node_client::NodeClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::ConfigError;
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, Keepalive};
+use crate::dns::Found;
 use crate::events::{Event, EventSink, Unhealthy};
 use crate::metrics::Metrics;
 
@@ -44,15 +51,29 @@ enum State {
     Unhealthy(Unhealthy),
 }
 
+/// Where a node came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The config's `nodes` list.
+    Static,
+    /// The DNS source, at this address.
+    Dns(SocketAddr),
+}
+
 /// One node of the fleet.
 #[derive(Debug)]
 pub struct FleetNode {
-    /// Position in the config's `nodes` list (what logs name).
+    /// What logs name: the position in the config's `nodes` list, or for a node found through
+    /// DNS the next number after those (never reused while the gateway runs).
     pub index: usize,
     /// The opaque handle devices see.
     pub handle: String,
     /// Client for the node (the channel reconnects on its own).
     pub client: NodeClient<Channel>,
+    /// The URL the gateway dials.
+    pub url: String,
+    /// Where it came from.
+    pub origin: Origin,
     state: RwLock<State>,
 }
 
@@ -65,12 +86,74 @@ pub struct Candidate {
     pub document: Arc<[u8]>,
 }
 
+/// How the gateway connects to nodes.
+#[derive(Debug, Clone)]
+struct Dialer {
+    connect_timeout: Duration,
+    keepalive: Keepalive,
+    node_ca_pem: Option<Vec<u8>>,
+}
+
+impl Dialer {
+    /// A lazily connected client (a node that is down is simply unhealthy until it answers).
+    /// `tls_name` is the name its certificate must carry when that is not the URL's host.
+    fn client(
+        &self,
+        url: &str,
+        tls: bool,
+        tls_name: Option<&str>,
+    ) -> Result<NodeClient<Channel>, String> {
+        let mut ep = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| format!("{url:?}: {e}"))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            // Pings only while a stream is open: a node host that vanished mid-stream fails
+            // that stream within interval + timeout instead of leaving it waiting on TCP.
+            .http2_keep_alive_interval(self.keepalive.interval)
+            .keep_alive_timeout(self.keepalive.timeout)
+            .keep_alive_while_idle(false);
+        if tls {
+            let mut cfg = ClientTlsConfig::new();
+            if let Some(ca) = &self.node_ca_pem {
+                cfg = cfg.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let Some(name) = tls_name {
+                cfg = cfg.domain_name(name);
+            }
+            ep = ep
+                .tls_config(cfg)
+                .map_err(|e| format!("TLS setup for {url:?}: {e}"))?;
+        }
+        Ok(NodeClient::new(ep.connect_lazy()))
+    }
+}
+
+/// The current members.
+#[derive(Debug, Default)]
+struct Members {
+    nodes: Vec<Arc<FleetNode>>,
+    by_handle: HashMap<String, Arc<FleetNode>>,
+}
+
+/// What one [`Fleet::sync_dns`] changed.
+#[derive(Debug, Default)]
+pub struct DnsChange {
+    /// Nodes that joined (not checked yet).
+    pub added: Vec<Arc<FleetNode>>,
+    /// Nodes that left.
+    pub removed: Vec<Arc<FleetNode>>,
+}
+
 /// The fleet.
 #[derive(Debug)]
 pub struct Fleet {
-    nodes: Vec<FleetNode>,
-    by_handle: HashMap<String, usize>,
+    members: RwLock<Members>,
+    dialer: Dialer,
+    dns_tls: bool,
+    next_index: AtomicUsize,
     health_timeout: Duration,
+    /// The DNS source's last failure, while it lasts (said in Discover's refusal).
+    dns_failure: RwLock<Option<String>>,
 }
 
 /// A fresh handle: 16 bytes from the operating system's RNG, hex. Handles are not addresses and
@@ -83,59 +166,138 @@ fn new_handle() -> String {
 
 impl Fleet {
     /// Builds channels for every configured node (lazily connected: a node that is down at
-    /// start is simply unhealthy until it answers).
+    /// start is simply unhealthy until it answers). DNS nodes join later, through
+    /// [`Fleet::sync_dns`].
     pub fn new(config: &GatewayConfig) -> Result<Self, ConfigError> {
-        let mut nodes = Vec::with_capacity(config.nodes.len());
-        let mut by_handle = HashMap::new();
+        let dialer = Dialer {
+            connect_timeout: config.connect_timeout,
+            keepalive: config.node_keepalive,
+            node_ca_pem: config.node_ca_pem.clone(),
+        };
+        let mut members = Members::default();
         for (index, n) in config.nodes.iter().enumerate() {
-            let mut ep = Endpoint::from_shared(n.url.clone())
-                .map_err(|e| ConfigError::Invalid {
-                    field: "nodes",
-                    reason: format!("{:?}: {e}", n.url),
-                })?
-                .connect_timeout(config.connect_timeout)
-                .tcp_nodelay(true);
-            if n.tls {
-                let mut tls = ClientTlsConfig::new();
-                if let Some(ca) = &config.node_ca_pem {
-                    tls = tls.ca_certificate(Certificate::from_pem(ca));
-                }
-                ep = ep.tls_config(tls).map_err(|e| ConfigError::Invalid {
-                    field: "node_ca",
-                    reason: format!("TLS setup for {:?}: {e}", n.url),
-                })?;
-            }
-            let client = NodeClient::new(ep.connect_lazy());
-            let handle = new_handle();
-            by_handle.insert(handle.clone(), index);
-            nodes.push(FleetNode {
+            let client =
+                dialer
+                    .client(&n.url, n.tls, None)
+                    .map_err(|reason| ConfigError::Invalid {
+                        field: if n.tls { "node_ca" } else { "nodes" },
+                        reason,
+                    })?;
+            let node = Arc::new(FleetNode {
                 index,
-                handle,
+                handle: new_handle(),
                 client,
+                url: n.url.clone(),
+                origin: Origin::Static,
                 state: RwLock::new(State::Unknown),
             });
+            members.by_handle.insert(node.handle.clone(), node.clone());
+            members.nodes.push(node);
         }
         Ok(Self {
-            nodes,
-            by_handle,
+            members: RwLock::new(members),
+            dialer,
+            dns_tls: config.dns.as_ref().is_some_and(|d| d.tls),
+            next_index: AtomicUsize::new(config.nodes.len()),
             health_timeout: config.health_timeout,
+            dns_failure: RwLock::new(None),
         })
     }
 
-    /// Every node.
-    pub fn nodes(&self) -> &[FleetNode] {
-        &self.nodes
+    fn read_members(&self) -> std::sync::RwLockReadGuard<'_, Members> {
+        // A poisoned lock only means a writer panicked between plain assignments; the lists are
+        // still valid.
+        self.members.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every node right now.
+    pub fn nodes(&self) -> Vec<Arc<FleetNode>> {
+        self.read_members().nodes.clone()
+    }
+
+    /// How many nodes the fleet has right now.
+    pub fn len(&self) -> usize {
+        self.read_members().nodes.len()
+    }
+
+    /// Whether the fleet has no node right now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The node behind a handle.
-    pub fn by_handle(&self, handle: &str) -> Option<&FleetNode> {
-        self.by_handle.get(handle).map(|&i| &self.nodes[i])
+    pub fn by_handle(&self, handle: &str) -> Option<Arc<FleetNode>> {
+        self.read_members().by_handle.get(handle).cloned()
+    }
+
+    /// Makes the DNS nodes exactly `found`: nodes at new addresses join (unchecked), nodes at
+    /// addresses no longer named leave. Static nodes are not touched. A resolution that
+    /// succeeded also ends a DNS failure.
+    pub fn sync_dns(&self, found: &[Found]) -> DnsChange {
+        self.set_dns_failure(None);
+        let mut change = DnsChange::default();
+        let mut guard = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let m = &mut *guard;
+        m.nodes.retain(|n| match &n.origin {
+            Origin::Dns(addr) if !found.iter().any(|f| f.addr == *addr) => {
+                change.removed.push(n.clone());
+                false
+            }
+            _ => true,
+        });
+        for n in &change.removed {
+            m.by_handle.remove(&n.handle);
+        }
+        for f in found {
+            let scheme = if self.dns_tls { "https" } else { "http" };
+            let url = format!("{scheme}://{}", f.addr);
+            // Already a member (from DNS, or listed in `nodes` as this very URL).
+            if m.nodes
+                .iter()
+                .any(|n| n.origin == Origin::Dns(f.addr) || n.url == url)
+            {
+                continue;
+            }
+            // The URL's host is an address; the certificate names the DNS name.
+            let Ok(client) = self.dialer.client(&url, self.dns_tls, Some(&f.tls_name)) else {
+                continue;
+            };
+            let node = Arc::new(FleetNode {
+                index: self.next_index.fetch_add(1, Ordering::Relaxed),
+                handle: new_handle(),
+                client,
+                url,
+                origin: Origin::Dns(f.addr),
+                state: RwLock::new(State::Unknown),
+            });
+            m.by_handle.insert(node.handle.clone(), node.clone());
+            m.nodes.push(node.clone());
+            change.added.push(node);
+        }
+        change
+    }
+
+    /// Records (or, with `None`, clears) the DNS source's failure; true when it changed.
+    pub fn set_dns_failure(&self, reason: Option<String>) -> bool {
+        let mut g = self.dns_failure.write().unwrap_or_else(|e| e.into_inner());
+        let changed = *g != reason;
+        *g = reason;
+        changed
+    }
+
+    /// The DNS source's failure, while it lasts.
+    pub fn dns_failure(&self) -> Option<String> {
+        self.dns_failure
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Healthy nodes right now.
     pub fn healthy_count(&self) -> usize {
         let now = unix_now();
-        self.nodes
+        self.read_members()
+            .nodes
             .iter()
             .filter(|n| matches!(&*n.read_state(), State::Healthy(h) if h.key_expiry > now))
             .count()
@@ -143,10 +305,20 @@ impl Fleet {
 
     /// Checks every node once, concurrently; logs transitions.
     pub async fn check_all(self: &Arc<Self>, metrics: &Arc<Metrics>, events: &EventSink) {
+        self.check_some(self.nodes(), metrics, events).await;
+    }
+
+    /// Checks `nodes` once, concurrently; logs transitions.
+    pub async fn check_some(
+        self: &Arc<Self>,
+        nodes: Vec<Arc<FleetNode>>,
+        metrics: &Arc<Metrics>,
+        events: &EventSink,
+    ) {
         let mut set = tokio::task::JoinSet::new();
-        for i in 0..self.nodes.len() {
+        for node in nodes {
             let (fleet, metrics, events) = (self.clone(), metrics.clone(), events.clone());
-            set.spawn(async move { fleet.check(&fleet.nodes[i], &metrics, &events).await });
+            set.spawn(async move { fleet.check(&node, &metrics, &events).await });
         }
         while set.join_next().await.is_some() {}
     }
@@ -232,7 +404,7 @@ impl Fleet {
     ) -> Vec<Candidate> {
         let now = unix_now();
         let mut listed = Vec::new();
-        for n in &self.nodes {
+        for n in &self.read_members().nodes {
             if let State::Healthy(h) = &*n.read_state()
                 && h.key_expiry > now
                 && h.digests.contains(model)

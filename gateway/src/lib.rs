@@ -4,6 +4,9 @@
 //! - [`config`]: the TOML config, checked before any port is bound.
 //! - [`fleet`]: the node list, opaque handles, periodic health checks (`GetAttestation`, bundle
 //!   parsed, key expiry), random choice of candidates with the operating system's RNG.
+//! - [`dns`]: nodes found through DNS (A/AAAA or SRV records of a headless Service),
+//!   re-resolved on an interval; the fleet adds the nodes that appear (offered once checked)
+//!   and drops those that vanish.
 //! - [`service`]: `Discover` (K healthy nodes serving the requested model and adapter) and
 //!   `Submit` (header parsed, forwarded to the device's first known handle, the next one if a
 //!   node fails before its first message, an error status if it fails after).
@@ -14,6 +17,7 @@
 //! counts anything taken from one.
 
 pub mod config;
+pub mod dns;
 pub mod events;
 pub mod fleet;
 pub mod metrics;
@@ -92,6 +96,7 @@ pub struct BoundGateway {
     grpc: tokio::net::TcpListener,
     metrics_listener: tokio::net::TcpListener,
     fleet: Arc<Fleet>,
+    dns: Option<Arc<dns::DnsSource>>,
     metrics: Arc<Metrics>,
     events: EventSinkHolder,
 }
@@ -114,6 +119,10 @@ impl BoundGateway {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let fleet = Arc::new(Fleet::new(&config)?);
+        let dns = match &config.dns {
+            Some(d) => Some(Arc::new(dns::DnsSource::new(d)?)),
+            None => None,
+        };
         if let Some(t) = &config.tls {
             // Check the identity now, so a bad key fails before anything listens.
             Server::builder()
@@ -141,6 +150,7 @@ impl BoundGateway {
             grpc,
             metrics_listener,
             fleet,
+            dns,
             metrics: Arc::new(Metrics::default()),
             events: EventSinkHolder(events),
         })
@@ -176,8 +186,30 @@ impl BoundGateway {
                 .local_addr()
                 .unwrap_or(self.config.metrics_listen),
         );
-        // One round of health checks first, so the first Discover already has a fleet.
+        // One resolution and one round of health checks first, so the first Discover already
+        // has a fleet.
+        if let Some(source) = &self.dns {
+            dns_round(source, &self.fleet, &self.metrics, &events, true).await;
+        }
         self.fleet.check_all(&self.metrics, &events).await;
+        let resolver = self.dns.clone().map(|source| {
+            let (fleet, metrics, events) =
+                (self.fleet.clone(), self.metrics.clone(), events.clone());
+            let interval = self
+                .config
+                .dns
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(10), |d| d.interval);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    dns_round(&source, &fleet, &metrics, &events, false).await;
+                }
+            })
+        });
         let checker = {
             let (fleet, metrics, events) =
                 (self.fleet.clone(), self.metrics.clone(), events.clone());
@@ -235,7 +267,74 @@ impl BoundGateway {
             .await;
         let _ = stop_tx.send(true);
         checker.abort();
+        if let Some(r) = resolver {
+            r.abort();
+        }
         let _ = metrics_task.await;
         result.map_err(|e| GatewayError::Serve(e.to_string()))
+    }
+}
+
+/// One resolution of the DNS source: the fleet's DNS nodes become what it names (joining nodes
+/// are health-checked at once, so they are offered without waiting for the next round), or, if
+/// it failed, stay as they were. Events: a change, the first success and the first success
+/// after a failure are logged; a failure is logged when it starts or its reason changes.
+async fn dns_round(
+    source: &dns::DnsSource,
+    fleet: &Arc<Fleet>,
+    metrics: &Arc<Metrics>,
+    events: &EventSink,
+    first: bool,
+) {
+    // Every query has `dns.timeout_ms`; the whole round (an SRV answer is followed by one
+    // address query per target) gets at most four of them or one interval, whichever is longer.
+    let bound = source.round_bound();
+    let result = match tokio::time::timeout(bound, source.resolve()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "resolving {} took longer than {} ms",
+            source.describe(),
+            bound.as_millis()
+        )),
+    };
+    match result {
+        Ok((found, ignored)) => {
+            metrics.dns_ok.inc();
+            let was_failing = fleet.dns_failure().is_some();
+            let change = fleet.sync_dns(&found);
+            for n in &change.removed {
+                if let fleet::Origin::Dns(addr) = n.origin {
+                    events(&Event::NodeRemoved {
+                        node: n.index,
+                        addr,
+                    });
+                }
+            }
+            for n in &change.added {
+                if let fleet::Origin::Dns(addr) = n.origin {
+                    events(&Event::NodeAdded {
+                        node: n.index,
+                        addr,
+                    });
+                }
+            }
+            if first || was_failing || !change.added.is_empty() || !change.removed.is_empty() {
+                events(&Event::DnsResolved {
+                    names: source.describe(),
+                    nodes: found.len(),
+                    ignored,
+                });
+            }
+            fleet.check_some(change.added, metrics, events).await;
+        }
+        Err(reason) => {
+            metrics.dns_failed.inc();
+            if fleet.set_dns_failure(Some(reason.clone())) {
+                events(&Event::DnsFailed {
+                    names: source.describe(),
+                    reason,
+                });
+            }
+        }
     }
 }

@@ -93,6 +93,10 @@ pub struct Metrics {
     pub health_ok: Counter,
     /// Health checks that failed (unreachable, bad bundle, expired key).
     pub health_failed: Counter,
+    /// DNS resolutions of the node source that answered (records or none).
+    pub dns_ok: Counter,
+    /// DNS resolutions that failed (the last set of nodes was kept).
+    pub dns_failed: Counter,
     /// Discover latency.
     pub discover_seconds: Histogram,
     /// Time from receiving a Submit to relaying the node's first message.
@@ -151,6 +155,15 @@ impl Metrics {
             &[
                 ("{outcome=\"ok\"}", &self.health_ok),
                 ("{outcome=\"failed\"}", &self.health_failed),
+            ],
+        );
+        counter(
+            &mut out,
+            "tandem_gateway_dns_resolutions_total",
+            "DNS resolutions of the node source by outcome.",
+            &[
+                ("{outcome=\"ok\"}", &self.dns_ok),
+                ("{outcome=\"failed\"}", &self.dns_failed),
             ],
         );
         self.discover_seconds.render(

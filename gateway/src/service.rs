@@ -88,12 +88,16 @@ impl GatewayService {
         let chosen = self.fleet.choose(&model, adapter.as_ref(), count as usize);
         if chosen.is_empty() {
             return Err(Status::unavailable(format!(
-                "no healthy node serves model {model}{}; {} of {} nodes are healthy",
+                "no healthy node serves model {model}{}; {} of {} nodes are healthy{}",
                 adapter
                     .map(|a| format!(" with adapter {a}"))
                     .unwrap_or_default(),
                 self.fleet.healthy_count(),
-                self.fleet.nodes().len()
+                self.fleet.len(),
+                self.fleet
+                    .dns_failure()
+                    .map(|f| format!(" (node discovery through DNS is failing: {f})"))
+                    .unwrap_or_default()
             )));
         }
         Ok(v1::DiscoverResponse {
@@ -111,7 +115,7 @@ impl GatewayService {
     }
 
     /// The nodes to try, in the device's order, known handles only, each once.
-    fn route<'a>(&'a self, handles: &[String]) -> Result<Vec<&'a FleetNode>, Status> {
+    fn route(&self, handles: &[String]) -> Result<Vec<Arc<FleetNode>>, Status> {
         if handles.is_empty() || handles.len() > MAX_RECIPIENTS {
             return Err(Status::invalid_argument(format!(
                 "node_handles has {} entries; give 1..={MAX_RECIPIENTS} handles from Discover",
@@ -119,7 +123,7 @@ impl GatewayService {
             )));
         }
         let mut seen = HashSet::new();
-        let nodes: Vec<&FleetNode> = handles
+        let nodes: Vec<Arc<FleetNode>> = handles
             .iter()
             .filter_map(|h| self.fleet.by_handle(h))
             .filter(|n| seen.insert(n.index))
@@ -127,7 +131,7 @@ impl GatewayService {
         if nodes.is_empty() {
             return Err(Status::not_found(format!(
                 "none of the {} node handles is known to this gateway (handles change when the \
-                 gateway restarts); call Discover again",
+                 gateway restarts, and a node DNS no longer names leaves); call Discover again",
                 handles.len()
             )));
         }
@@ -308,7 +312,7 @@ impl Gateway for GatewayService {
         for node in nodes {
             let attempt = tokio::time::timeout(
                 self.first_message_timeout,
-                first_message(node, req.sealed_request.clone()),
+                first_message(&node, req.sealed_request.clone()),
             )
             .await
             .unwrap_or_else(|_| {

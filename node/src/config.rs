@@ -15,6 +15,7 @@
 //! release_bundle = "release.json"               # signed, logged release of this node image
 //! key_lifetime_secs = 86400                     # HPKE key lifetime (default 24 h)
 //! tls = true                                    # serve gRPC over TLS (cert/key: --identity DIR)
+//! allow_from = ["10.0.0.7", "10.1.0.0/24"]      # accept only these peers (default: all)
 //!
 //! [[models]]
 //! dir = "../models/device"                      # config.json, *.safetensors, tokenizer.json
@@ -180,6 +181,14 @@ pub struct NodeConfig {
     /// again from disk and checked against their measured digest. 1..=2^40 (1 TiB).
     #[serde(default = "default_adapter_cache")]
     pub adapter_cache_bytes: usize,
+    /// Peers the node accepts connections from, normally the gateways: IP addresses or CIDR
+    /// blocks (`"10.0.0.7"`, `"10.1.0.0/24"`, `"fd00::/64"`), at most [`MAX_ALLOW_FROM`].
+    /// A connection from any other address is closed as soon as it is accepted, before TLS or
+    /// HTTP/2 (event `connection_refused`). Empty (the default): every peer. Defence in depth
+    /// beside the network's own rules (e.g. Kubernetes NetworkPolicies); measured with the rest
+    /// of the config, so every node of a release accepts the same peers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
     /// Request limits.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -190,6 +199,73 @@ pub struct NodeConfig {
     /// Default: none.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub environment: std::collections::BTreeMap<String, String>,
+}
+
+/// Most entries of `allow_from`.
+pub const MAX_ALLOW_FROM: usize = 256;
+
+/// An IP address block (`addr/prefix`; a bare address is a block of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBlock {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpBlock {
+    /// Parses `"10.0.0.7"`, `"10.0.0.0/24"`, `"fd00::/64"`. Host bits set below the prefix are
+    /// refused (`"10.0.0.7/24"` is most likely a typo for one address or for `10.0.0.0/24`).
+    pub fn parse(text: &str) -> Result<IpBlock, String> {
+        let (a, p) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("{text:?}: the prefix length must be 0..={max}")),
+            },
+        };
+        let block = IpBlock { addr, prefix };
+        if block.bits(addr) != Self::mask_bits(addr, prefix) {
+            return Err(format!(
+                "{text:?} has host bits set below /{prefix}; write the block's first address"
+            ));
+        }
+        Ok(block)
+    }
+
+    fn bits(&self, addr: std::net::IpAddr) -> u128 {
+        match addr {
+            std::net::IpAddr::V4(a) => u128::from(u32::from(a)),
+            std::net::IpAddr::V6(a) => u128::from(a),
+        }
+    }
+
+    fn mask_bits(addr: std::net::IpAddr, prefix: u8) -> u128 {
+        let (width, v) = match addr {
+            std::net::IpAddr::V4(a) => (32u32, u128::from(u32::from(a))),
+            std::net::IpAddr::V6(a) => (128u32, u128::from(a)),
+        };
+        let host = width - u32::from(prefix);
+        if host >= 128 { 0 } else { (v >> host) << host }
+    }
+
+    /// Whether `peer` is in the block (an IPv4-mapped IPv6 peer counts as its IPv4 address).
+    pub fn contains(&self, peer: std::net::IpAddr) -> bool {
+        let peer = match peer {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        if peer.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        Self::mask_bits(peer, self.prefix) == self.bits(self.addr)
+    }
 }
 
 /// One model directory to serve.
@@ -300,6 +376,7 @@ impl NodeConfig {
             adapter_cache_bytes: default_adapter_cache(),
             limits: LimitsConfig::default(),
             environment: std::collections::BTreeMap::new(),
+            allow_from: Vec::new(),
         }
     }
 
@@ -461,6 +538,18 @@ impl NodeConfig {
             && tcti.is_empty()
         {
             return Err(invalid("root_of_trust.tcti", "empty TCTI string"));
+        }
+        if self.allow_from.len() > MAX_ALLOW_FROM {
+            return Err(invalid(
+                "allow_from",
+                format!(
+                    "{} entries; at most {MAX_ALLOW_FROM} (use CIDR blocks)",
+                    self.allow_from.len()
+                ),
+            ));
+        }
+        for a in &self.allow_from {
+            IpBlock::parse(a).map_err(|e| invalid("allow_from", e))?;
         }
         in_range(
             "adapter_cache_bytes",
@@ -651,6 +740,11 @@ impl NodeConfig {
             log_refresh_secs: self.log_refresh_secs,
             adapter_cache_bytes: self.adapter_cache_bytes,
             limits: self.limits.clone(),
+            allow_from: self
+                .allow_from
+                .iter()
+                .map(|a| IpBlock::parse(a).map_err(|e| invalid("allow_from", e)))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -755,6 +849,8 @@ pub struct ResolvedConfig {
     pub adapter_cache_bytes: usize,
     /// Limits.
     pub limits: LimitsConfig,
+    /// Peers accepted (empty: every peer).
+    pub allow_from: Vec<IpBlock>,
 }
 
 #[cfg(test)]
@@ -1019,6 +1115,60 @@ mod tests {
             }
         }
         assert!(accepted > 50, "only {accepted} configs accepted");
+    }
+
+    #[test]
+    fn allow_from_blocks() {
+        let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+        let b = IpBlock::parse("10.1.0.0/24").unwrap();
+        assert!(b.contains(ip("10.1.0.0")) && b.contains(ip("10.1.0.255")));
+        assert!(!b.contains(ip("10.1.1.0")) && !b.contains(ip("fd00::1")));
+        assert!(
+            b.contains(ip("::ffff:10.1.0.9")),
+            "IPv4-mapped peers count as IPv4"
+        );
+        let one = IpBlock::parse("10.0.0.7").unwrap();
+        assert!(one.contains(ip("10.0.0.7")) && !one.contains(ip("10.0.0.8")));
+        assert!(
+            IpBlock::parse("0.0.0.0/0")
+                .unwrap()
+                .contains(ip("192.0.2.1"))
+        );
+        let v6 = IpBlock::parse("fd00::/64").unwrap();
+        assert!(v6.contains(ip("fd00::1:2")) && !v6.contains(ip("fd00:0:0:1::1")));
+        assert!(IpBlock::parse("::/0").unwrap().contains(ip("2001:db8::1")));
+        for bad in [
+            "10.0.0.7/24",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "host",
+            "10.0.0.0/",
+            "",
+        ] {
+            assert!(IpBlock::parse(bad).is_err(), "{bad}");
+        }
+        let c = parse(&format!(
+            "allow_from = [\"10.0.0.7\", \"fd00::/64\"]\n{}",
+            base()
+        ))
+        .unwrap();
+        assert_eq!(c.allow_from.len(), 2);
+        let written = c.to_toml().unwrap();
+        assert_eq!(parse(&written).unwrap(), c);
+        let err = parse(&format!("allow_from = [\"10.0.0.7/8\"]\n{}", base()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("allow_from") && err.contains("host bits"),
+            "{err}"
+        );
+        let many: Vec<String> = (0..=MAX_ALLOW_FROM)
+            .map(|i| format!("\"10.0.{}.{}\"", i / 256, i % 256))
+            .collect();
+        let err = parse(&format!("allow_from = [{}]\n{}", many.join(","), base()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allow_from"), "{err}");
     }
 
     #[test]

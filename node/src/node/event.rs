@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 
 use tandem_attest::digest::Sha256Digest;
 
+/// Seconds between two `connection_refused` events (a scan cannot flood the log).
+pub const REFUSED_LOG_EVERY_SECS: u64 = 10;
+
 /// A model the node serves, as `node_start` names it.
 #[derive(Debug, Clone)]
 pub struct ServedModel {
@@ -82,6 +85,14 @@ pub enum Event<'a> {
         /// Wall time.
         ms: u64,
     },
+    /// Connections from peers outside `allow_from` were closed unserved. The first is logged at
+    /// once, later ones at most once every [`REFUSED_LOG_EVERY_SECS`] seconds with a count.
+    ConnectionRefused {
+        /// The last refused peer.
+        peer: SocketAddr,
+        /// Connections refused since the last such event (this one included).
+        refused: u64,
+    },
     /// SIGTERM: no new requests.
     DrainStart {
         /// Requests still running.
@@ -147,6 +158,10 @@ impl Event<'_> {
             Self::RequestRejected { reason, code, ms } => (
                 "request_rejected",
                 json!({"reason": reason, "code": code, "ms": ms}),
+            ),
+            Self::ConnectionRefused { peer, refused } => (
+                "connection_refused",
+                json!({"peer": peer.to_string(), "refused": refused}),
             ),
             Self::DrainStart { in_flight } => ("drain_start", json!({"in_flight": in_flight})),
             Self::DrainDone { in_flight } => ("drain_done", json!({"in_flight": in_flight})),

@@ -306,6 +306,15 @@ impl Node {
         // and the peer's delayed ACK each can wait ~40 ms.
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        // `allow_from`: a connection from any other peer is dropped as soon as it is accepted.
+        let incoming = {
+            use tokio_stream::StreamExt as _;
+            let mut gate = PeerGate::new(self.config.allow_from.clone());
+            incoming.filter(move |c| match c {
+                Ok(stream) => gate.admit(stream.peer_addr().ok()),
+                Err(_) => true,
+            })
+        };
         let server = builder
             .add_service(NodeServer::new(self.service()))
             .serve_with_incoming_shutdown(incoming, shutdown);
@@ -358,6 +367,47 @@ async fn refresh_log(shared: Arc<service::Shared>, log: logproof::LogClient, eve
                 reason: e.to_string(),
             }),
         }
+    }
+}
+
+/// The `allow_from` check of accepted connections, with the rate limit of its log event.
+struct PeerGate {
+    allow: Vec<crate::config::IpBlock>,
+    refused: u64,
+    last_logged: Option<std::time::Instant>,
+}
+
+impl PeerGate {
+    fn new(allow: Vec<crate::config::IpBlock>) -> Self {
+        Self {
+            allow,
+            refused: 0,
+            last_logged: None,
+        }
+    }
+
+    /// Whether to serve a connection from `peer` (an unknown peer address is refused when a
+    /// list is configured).
+    fn admit(&mut self, peer: Option<std::net::SocketAddr>) -> bool {
+        if self.allow.is_empty() {
+            return true;
+        }
+        if let Some(p) = peer
+            && self.allow.iter().any(|b| b.contains(p.ip()))
+        {
+            return true;
+        }
+        self.refused += 1;
+        let every = Duration::from_secs(event::REFUSED_LOG_EVERY_SECS);
+        if self.last_logged.is_none_or(|t| t.elapsed() >= every) {
+            event::emit(&event::Event::ConnectionRefused {
+                peer: peer.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+                refused: self.refused,
+            });
+            self.refused = 0;
+            self.last_logged = Some(std::time::Instant::now());
+        }
+        false
     }
 }
 

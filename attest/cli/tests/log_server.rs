@@ -65,6 +65,18 @@ impl Server {
         }
     }
 
+    /// SIGKILL, then everything the server wrote to stderr.
+    fn kill_and_stderr(mut self) -> String {
+        use std::io::Read as _;
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut err).unwrap();
+        }
+        err
+    }
+
     /// SIGKILL: no shutdown code runs.
     fn kill(mut self) {
         self.child.kill().unwrap();
@@ -599,24 +611,8 @@ fn lost_or_damaged_interior_tiles_are_rebuilt_from_the_wal() {
     bad[last] ^= 1;
     std::fs::write(&original[4].0, &bad).unwrap();
 
-    let mut child = Command::new(BIN)
-        .args(["log", "serve", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(&dir)
-        .arg("--key")
-        .arg(&key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    let server = Server::start(&dir, &key).unwrap();
+    let url = server.url.clone();
     // Every file is back, byte for byte, and the log serves a tree that verifies.
     for (path, data) in &original {
         assert_eq!(
@@ -643,9 +639,7 @@ fn lost_or_damaged_interior_tiles_are_rebuilt_from_the_wal() {
                 .unwrap();
         }
     });
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = server.kill_and_stderr();
     for p in [
         "tile/0/000 (missing)",
         "tile/0/001 (did not match the WAL)",

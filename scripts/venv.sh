@@ -10,9 +10,16 @@ name="${2:?usage: scripts/venv.sh REQUIREMENTS NAME}"
 cache="${TANDEM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem}"
 key="$(sha256sum "$req" | cut -c1-16)"
 venv="$cache/venv-$name-$key"
-if [[ ! -x "$venv/bin/python" ]] || [[ ! -f "$venv/.complete" ]]; then
-  echo "scripts/venv.sh: installing $req into $venv (once)" >&2
+ready() { [[ -x "$venv/bin/python" && -f "$venv/.complete" ]]; }
+if ! ready; then
   mkdir -p "$cache"
+  # Tests run in parallel and may all ask at once on a fresh machine: one makes the
+  # environment under the lock, the others wait for it and then use it.
+  exec 9>"$venv.lock"
+  flock 9
+fi
+if ! ready; then
+  echo "scripts/venv.sh: installing $req into $venv (once)" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2

@@ -55,6 +55,17 @@ enum LogCommand {
         /// sequencer that commits batches has a thread of its own).
         #[arg(long)]
         http_threads: Option<usize>,
+        /// A C2SP tlog-witness to submit every new checkpoint to, `URL=VKEY` (the witness's
+        /// submission prefix and cosigner verifier key); repeatable. `GET /checkpoint` then
+        /// serves the newest checkpoint with the witnesses' cosignature lines appended. A
+        /// checkpoint fewer than `--witness-quorum` witnesses cosigned is still published
+        /// (log-signed, with the cosignatures it got), logged on standard error, and retried
+        /// with back-off (1 s doubling to 60 s) until the quorum or a newer checkpoint.
+        #[arg(long = "witness", value_name = "URL=VKEY")]
+        witnesses: Vec<String>,
+        /// How many of the `--witness`es must cosign (default: all of them).
+        #[arg(long, value_name = "K")]
+        witness_quorum: Option<usize>,
     },
     /// Append entries and print each one's verified inclusion proof.
     ///
@@ -152,6 +163,8 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
             listen,
             key,
             http_threads,
+            witnesses,
+            witness_quorum,
         } => {
             // Validate everything before binding the port.
             if let Some(n) = http_threads {
@@ -161,6 +174,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
                 );
             }
             let signer = load_signer(&key)?;
+            let witnesses = witness_config(&witnesses, witness_quorum, signer.verifier())?;
             let (store, rec) = LogStore::open(&dir, signer)?;
             eprintln!(
                 "log {}: {} entries (published checkpoint was {}, cut {} torn WAL bytes)",
@@ -172,7 +186,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
             for t in &rec.repaired_tiles {
                 eprintln!("log {}: rewrote {t} from the WAL", dir.display());
             }
-            serve_runtime(http_threads)?.block_on(serve(store, &listen))
+            serve_runtime(http_threads)?.block_on(serve(store, &listen, witnesses))
         }
         LogCommand::Append {
             target,
@@ -317,15 +331,53 @@ fn keygen(origin: &str, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Timeout of one `add-checkpoint` request to a witness.
+const WITNESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `--witness URL=VKEY ... --witness-quorum K` checked before the port is bound.
+fn witness_config(
+    args: &[String],
+    quorum: Option<usize>,
+    log_key: NoteVerifier,
+) -> anyhow::Result<Option<tandem_log::witness::WitnessConfig>> {
+    use tandem_log::witness::{WitnessConfig, WitnessTarget};
+    if args.is_empty() {
+        anyhow::ensure!(
+            quorum.is_none(),
+            "--witness-quorum needs at least one --witness URL=VKEY"
+        );
+        return Ok(None);
+    }
+    let targets = args
+        .iter()
+        .map(|a| WitnessTarget::parse(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let k = quorum.unwrap_or(targets.len());
+    Ok(Some(WitnessConfig::new(
+        targets,
+        k,
+        log_key,
+        WITNESS_TIMEOUT,
+    )?))
+}
+
 /// Serve until Ctrl-C / SIGTERM.
-async fn serve(store: LogStore, listen: &str) -> anyhow::Result<()> {
+async fn serve(
+    store: LogStore,
+    listen: &str,
+    witnesses: Option<tandem_log::witness::WitnessConfig>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("listening on http://{addr}");
-    axum::serve(listener, server::app(store))
+    let app = match witnesses {
+        Some(w) => server::app_witnessed(store, w)?,
+        None => server::app(store),
+    };
+    axum::serve(listener, app)
         .with_graceful_shutdown(tandem_service::shutdown_signal())
         .await
         .context("serving HTTP")

@@ -3,6 +3,7 @@
 mod log_cmd;
 mod release_cmd;
 mod verify_cmd;
+mod witness_cmd;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,8 @@ enum Command {
     Release(release_cmd::ReleaseArgs),
     /// Verify a release or a node attestation bundle (exit code 0 only if every step passed).
     Verify(verify_cmd::VerifyArgs),
+    /// Run a C2SP tlog-witness that cosigns logs' checkpoints, or make its key.
+    Witness(witness_cmd::WitnessArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -35,5 +38,6 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Log(args) => log_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Release(args) => release_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => verify_cmd::run(args),
+        Command::Witness(args) => witness_cmd::run(args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -298,10 +298,9 @@ async fn dns_round(
         )),
     };
     match result {
-        Ok((found, ignored)) => {
+        Ok(r) => {
             metrics.dns_ok.inc();
-            let was_failing = fleet.dns_failure().is_some();
-            let change = fleet.sync_dns(&found);
+            let change = fleet.sync_dns(&r.found);
             for n in &change.removed {
                 if let fleet::Origin::Dns(addr) = n.origin {
                     events(&Event::NodeRemoved {
@@ -318,18 +317,32 @@ async fn dns_round(
                     });
                 }
             }
-            if first || was_failing || !change.added.is_empty() || !change.removed.is_empty() {
+            // No node at all is worth saying why (a misspelt name answers NXDOMAIN), once
+            // while it lasts; Discover's refusal says it too.
+            let problem = (r.found.is_empty()).then(|| format!("no node: {}", r.empty.join("; ")));
+            let changed = fleet.set_dns_problem(problem.clone());
+            if first
+                || !change.added.is_empty()
+                || !change.removed.is_empty()
+                || (changed && problem.is_none())
+            {
                 events(&Event::DnsResolved {
                     names: source.describe(),
-                    nodes: found.len(),
-                    ignored,
+                    nodes: r.found.len(),
+                    ignored: r.ignored,
+                });
+            }
+            if let Some(reason) = problem.filter(|_| changed) {
+                events(&Event::DnsEmpty {
+                    names: source.describe(),
+                    reason,
                 });
             }
             fleet.check_some(change.added, metrics, events).await;
         }
         Err(reason) => {
             metrics.dns_failed.inc();
-            if fleet.set_dns_failure(Some(reason.clone())) {
+            if fleet.set_dns_problem(Some(reason.clone())) {
                 events(&Event::DnsFailed {
                     names: source.describe(),
                     reason,

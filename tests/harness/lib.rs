@@ -8,6 +8,8 @@
 //! - [`fleet`]: `tandem-fleet dev` as a child process, candidates verified with the policy it
 //!   wrote, sealed requests through its gateway.
 //! - [`device`]: the same fleet seen through the device SDK (`tandem_device::Client`).
+//! - [`procs`]: fleet programs as child processes (ready lines, stderr kept) and a real DNS
+//!   server (`dnsmasq`), for the multi-host tests.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,6 +21,7 @@ pub mod daemon;
 pub mod device;
 pub mod fleet;
 pub mod node;
+pub mod procs;
 pub mod real_model;
 
 pub use tandem_service::unix_now as now;

@@ -16,8 +16,8 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
-use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use hickory_resolver::proto::rr::RData;
 
 use crate::ConfigError;
@@ -31,6 +31,19 @@ pub struct Found {
     /// The DNS name the address came from (`dns.name`, or the SRV target), without the final
     /// dot: what an `https` node's certificate is checked against.
     pub tls_name: String,
+}
+
+/// What one resolution found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// The nodes, sorted, one per address, at most `dns.max_nodes`.
+    pub found: Vec<Found>,
+    /// Records past `dns.max_nodes`, ignored.
+    pub ignored: usize,
+    /// The names that had no records, and the answer's code (`NXDomain`: no such name;
+    /// `NoError`: the name exists without records of that type), e.g.
+    /// `"nodes.example: no A/AAAA records (NXDomain)"`.
+    pub empty: Vec<String>,
 }
 
 /// Why a resolution failed (the last set is kept).
@@ -121,12 +134,13 @@ impl DnsSource {
     }
 
     /// Resolves every configured name once: the nodes, sorted, without duplicates (the first
-    /// name giving an address wins its TLS name), at most `max_nodes` of them, and how many
-    /// more there were. An answer without records is an empty set, not an error.
-    pub async fn resolve(&self) -> Result<(Vec<Found>, usize), ResolveError> {
+    /// name giving an address wins its TLS name), at most `max_nodes` of them. An answer without
+    /// records is an empty set (noted in [`Resolved::empty`]), not an error.
+    pub async fn resolve(&self) -> Result<Resolved, ResolveError> {
         let mut found: BTreeSet<Found> = BTreeSet::new();
+        let mut empty = Vec::new();
         if let Some((name, port)) = &self.config.name {
-            for ip in self.addresses(name).await? {
+            for ip in self.addresses(name, &mut empty).await? {
                 found.insert(Found {
                     addr: SocketAddr::new(ip, *port),
                     tls_name: relative(name),
@@ -143,8 +157,13 @@ impl DnsSource {
                         _ => None,
                     })
                     .collect::<BTreeSet<_>>(),
-                Err(e) if e.is_no_records_found() => BTreeSet::new(),
-                Err(e) => return Err(failure(srv, &e)),
+                Err(e) => match no_records(&e) {
+                    Some(code) => {
+                        empty.push(format!("{srv}: no SRV records ({code})"));
+                        BTreeSet::new()
+                    }
+                    None => return Err(failure(srv, &e)),
+                },
             };
             // RFC 2782: a target of "." means the service is decidedly not available here.
             // Targets are bounded so one answer cannot make the gateway send unbounded queries.
@@ -153,7 +172,7 @@ impl DnsSource {
                 .filter(|(t, p)| *p != 0 && t != ".")
                 .take(self.config.max_nodes)
             {
-                for ip in self.addresses(&target).await? {
+                for ip in self.addresses(&target, &mut empty).await? {
                     found.insert(Found {
                         addr: SocketAddr::new(ip, port),
                         tls_name: relative(&target),
@@ -164,19 +183,39 @@ impl DnsSource {
         // One address, one node: keep the first TLS name an address came with.
         let mut seen = BTreeSet::new();
         let unique: Vec<Found> = found.into_iter().filter(|f| seen.insert(f.addr)).collect();
-        let extra = unique.len().saturating_sub(self.config.max_nodes);
-        Ok((
-            unique.into_iter().take(self.config.max_nodes).collect(),
-            extra,
-        ))
+        let ignored = unique.len().saturating_sub(self.config.max_nodes);
+        Ok(Resolved {
+            found: unique.into_iter().take(self.config.max_nodes).collect(),
+            ignored,
+            empty,
+        })
     }
 
-    async fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, ResolveError> {
+    async fn addresses(
+        &self,
+        name: &str,
+        empty: &mut Vec<String>,
+    ) -> Result<Vec<std::net::IpAddr>, ResolveError> {
         match self.resolver.lookup_ip(name).await {
             Ok(l) => Ok(l.iter().collect()),
-            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
-            Err(e) => Err(failure(name, &e)),
+            Err(e) => match no_records(&e) {
+                Some(code) => {
+                    empty.push(format!("{name}: no A/AAAA records ({code})"));
+                    Ok(Vec::new())
+                }
+                None => Err(failure(name, &e)),
+            },
         }
+    }
+}
+
+/// The response code of an answer without records (NXDOMAIN, or NOERROR without data).
+fn no_records(e: &NetError) -> Option<String> {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(NoRecords { response_code, .. })) => {
+            Some(format!("{response_code:?}"))
+        }
+        _ => None,
     }
 }
 

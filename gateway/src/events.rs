@@ -98,6 +98,15 @@ pub enum Event {
         /// The resolver's reason.
         reason: String,
     },
+    /// A DNS resolution answered, but with no node (e.g. NXDOMAIN for a misspelt name, or a
+    /// Service without ready pods): the DNS nodes are dropped. Logged when it starts or its
+    /// reason changes.
+    DnsEmpty {
+        /// The names asked for.
+        names: String,
+        /// Which names had no records, and the answer's code.
+        reason: String,
+    },
     /// Shutting down.
     ShuttingDown,
 }
@@ -143,6 +152,9 @@ impl Event {
             }),
             Self::DnsFailed { names, reason } => serde_json::json!({
                 "event": "dns_failed", "names": names, "reason": reason,
+            }),
+            Self::DnsEmpty { names, reason } => serde_json::json!({
+                "event": "dns_empty", "names": names, "reason": reason,
             }),
             Self::ShuttingDown => serde_json::json!({ "event": "shutting_down" }),
         };

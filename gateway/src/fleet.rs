@@ -152,8 +152,9 @@ pub struct Fleet {
     dns_tls: bool,
     next_index: AtomicUsize,
     health_timeout: Duration,
-    /// The DNS source's last failure, while it lasts (said in Discover's refusal).
-    dns_failure: RwLock<Option<String>>,
+    /// The DNS source's last failure or empty answer, while it lasts (said in Discover's
+    /// refusal).
+    dns_problem: RwLock<Option<String>>,
 }
 
 /// A fresh handle: 16 bytes from the operating system's RNG, hex. Handles are not addresses and
@@ -200,7 +201,7 @@ impl Fleet {
             dns_tls: config.dns.as_ref().is_some_and(|d| d.tls),
             next_index: AtomicUsize::new(config.nodes.len()),
             health_timeout: config.health_timeout,
-            dns_failure: RwLock::new(None),
+            dns_problem: RwLock::new(None),
         })
     }
 
@@ -231,10 +232,8 @@ impl Fleet {
     }
 
     /// Makes the DNS nodes exactly `found`: nodes at new addresses join (unchecked), nodes at
-    /// addresses no longer named leave. Static nodes are not touched. A resolution that
-    /// succeeded also ends a DNS failure.
+    /// addresses no longer named leave. Static nodes are not touched.
     pub fn sync_dns(&self, found: &[Found]) -> DnsChange {
-        self.set_dns_failure(None);
         let mut change = DnsChange::default();
         let mut guard = self.members.write().unwrap_or_else(|e| e.into_inner());
         let m = &mut *guard;
@@ -277,17 +276,18 @@ impl Fleet {
         change
     }
 
-    /// Records (or, with `None`, clears) the DNS source's failure; true when it changed.
-    pub fn set_dns_failure(&self, reason: Option<String>) -> bool {
-        let mut g = self.dns_failure.write().unwrap_or_else(|e| e.into_inner());
+    /// Records (or, with `None`, clears) what is wrong with the DNS source (a failed
+    /// resolution, or an answer naming no node); true when it changed.
+    pub fn set_dns_problem(&self, reason: Option<String>) -> bool {
+        let mut g = self.dns_problem.write().unwrap_or_else(|e| e.into_inner());
         let changed = *g != reason;
         *g = reason;
         changed
     }
 
-    /// The DNS source's failure, while it lasts.
-    pub fn dns_failure(&self) -> Option<String> {
-        self.dns_failure
+    /// What is wrong with the DNS source, while it lasts.
+    pub fn dns_problem(&self) -> Option<String> {
+        self.dns_problem
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

@@ -95,8 +95,8 @@ impl GatewayService {
                 self.fleet.healthy_count(),
                 self.fleet.len(),
                 self.fleet
-                    .dns_failure()
-                    .map(|f| format!(" (node discovery through DNS is failing: {f})"))
+                    .dns_problem()
+                    .map(|f| format!(" (node discovery through DNS: {f})"))
                     .unwrap_or_default()
             )));
         }

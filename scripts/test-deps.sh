@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The Debian packages the tests need: libtss2 (the node's TPM root of trust links it), the
-# swtpm TPM simulator (the TPM tests start one) and kubectl (the manifest tests render with
-# it). Run as root, this installs whichever are missing; otherwise it stops at once (exit 2)
+# swtpm TPM simulator (the TPM tests start one), kubectl (the manifest tests render with
+# it), dnsmasq (the gateway's DNS discovery test starts one as its DNS server) and iproute2
+# (`ip`: the multi-host fleet test makes network namespaces, veth pairs and a bridge). Run as root, this installs whichever are missing; otherwise it stops at once (exit 2)
 # and prints the command that installs them.
 # Called by scripts/test.sh (the README's test command) and by .ci/run before the lints.
 set -euo pipefail
 
 # Keep this list in step with ARCHITECTURE.md, "Test dependencies".
-APT_PACKAGES=(pkg-config swtpm swtpm-tools tpm2-tools libtss2-dev)
+APT_PACKAGES=(pkg-config swtpm swtpm-tools tpm2-tools libtss2-dev dnsmasq-base iproute2)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

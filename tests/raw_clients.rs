@@ -35,7 +35,8 @@ struct Proc {
 
 async fn start(limits: &str) -> Proc {
     let f = fleet(&bin(), &format!("[limits]\n{limits}"), true).await;
-    let mut child = Command::new(bin())
+    // `cargo test` sets LD_LIBRARY_PATH, which the node refuses (`tests/node_environment.rs`).
+    let mut child = tandem_node::node::environ::scrub(&mut Command::new(bin()))
         .arg("serve")
         .arg("--config")
         .arg(&f.config_path)

@@ -373,11 +373,9 @@ async fn node_with_a_tpm_root_serves_tpm_evidence() {
         std::fs::write(&evlog, log.encode()).unwrap();
     }
     let launcher = tandem_tests::bins::path("tandem-launch");
-    // cargo test sets LD_LIBRARY_PATH for test processes; the launcher refuses loader variables.
-    let mut child = Command::new(&launcher)
-        .env_remove("LD_LIBRARY_PATH")
-        .env_remove("LD_PRELOAD")
-        .env_remove("LD_AUDIT")
+    // cargo test sets LD_LIBRARY_PATH for test processes; the launcher refuses loader variables,
+    // and the node behavioural ones (RUST_BACKTRACE, …) its config does not pin.
+    let mut child = tandem_node::node::environ::scrub(&mut Command::new(&launcher))
         .arg("--tcti")
         .arg(&tcti)
         .arg("--event-log")

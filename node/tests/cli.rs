@@ -59,7 +59,8 @@ fn check_world(top: &str, limits: &str) -> (tempfile::TempDir, std::process::Out
     std::fs::create_dir(&id).unwrap();
     std::fs::write(id.join("identity.key.pem"), b"").unwrap();
     std::fs::write(id.join("identity.cert.json"), b"").unwrap();
-    let out = Command::new(BIN)
+    // `cargo test` sets LD_LIBRARY_PATH, which the node refuses (`tests/node_environment.rs`).
+    let out = tandem_node::node::environ::scrub(&mut Command::new(BIN))
         .args(["serve", "--check", "--listen", "127.0.0.1:0", "--config"])
         .arg(dir.path().join("node.toml"))
         .arg("--identity")

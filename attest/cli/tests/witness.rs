@@ -440,3 +440,99 @@ async fn log_with_two_witnesses() {
         "{state}"
     );
 }
+
+/// Configuration errors are reported before any port is bound.
+#[test]
+fn refuses_bad_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_owned();
+    let log_vkey = run(&["log", "keygen", "--origin", ORIGIN, "--out", &p("log.key")]);
+    let w = run(&[
+        "witness",
+        "keygen",
+        "--name",
+        "w.test",
+        "--out",
+        &p("w.key"),
+    ]);
+    let fails = |args: &[&str], want: &str| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    };
+    // The key file is never overwritten.
+    fails(
+        &[
+            "witness",
+            "keygen",
+            "--name",
+            "w.test",
+            "--out",
+            &p("w.key"),
+        ],
+        "must not exist yet",
+    );
+    // A log key is not a witness key.
+    fails(
+        &[
+            "witness",
+            "serve",
+            "--key",
+            &p("log.key"),
+            "--log",
+            &log_vkey,
+            "--state",
+            &p("s"),
+        ],
+        "cosignature/v1",
+    );
+    // A damaged state file stops the witness instead of starting empty.
+    std::fs::create_dir(dir.join("s")).unwrap();
+    std::fs::write(
+        dir.join("s").join("witness-state"),
+        "tandem-witness-state/v1\n\nx\n",
+    )
+    .unwrap();
+    fails(
+        &[
+            "witness",
+            "serve",
+            "--key",
+            &p("w.key"),
+            "--log",
+            &log_vkey,
+            "--state",
+            &p("s"),
+        ],
+        "is damaged",
+    );
+    let serve = |extra: &[&str], want: &str| {
+        let (d, k) = (p("log"), p("log.key"));
+        let mut a = vec!["log", "serve", "--dir", &d, "--key", &k];
+        a.extend_from_slice(extra);
+        fails(&a, want);
+    };
+    let target = format!("http://127.0.0.1:1={w}");
+    serve(
+        &["--witness", &target, "--witness-quorum", "2"],
+        "--witness-quorum 2",
+    );
+    serve(
+        &["--witness", &target, "--witness-quorum", "0"],
+        "--witness-quorum 0",
+    );
+    serve(&["--witness-quorum", "1"], "needs at least one --witness");
+    serve(&["--witness", "127.0.0.1:1=x"], "not an http");
+    serve(
+        &["--witness", &format!("http://127.0.0.1:1={log_vkey}")],
+        "cosignature/v1",
+    );
+    serve(
+        &["--witness", &target, "--witness", &target],
+        "listed twice",
+    );
+}

@@ -3,7 +3,7 @@
 
     scripts/anchors/compare.py [--rounds 3] [--threads 1,2] [--prompt-tokens 256]
                                [--new-tokens 64] [--tandem target/release/tandem]
-                               [--out results.jsonl] [--tandem-only]
+                               [--out results.jsonl] [--tandem-only] [--baseline OLD_TANDEM]
 
 Needs scripts/anchors/llamacpp.sh to have run (it prints the paths this reads with --print-env)
 and a release `tandem` (cargo build --release -p tandem-device --bin tandem). Each round, for
@@ -15,6 +15,8 @@ Tandem: `tandem model bench --json` (prefill of --prompt-tokens from an empty ca
 --new-tokens decode steps at that context). llama.cpp: `llama-bench -o json -r 1 -p P -n N
 -d 0,P`; its pp P at depth 0 is the prefill figure and its tg N at depth P the decode figure
 (the same work as Tandem's; its pp P at depth P is printed too).
+--baseline OLD_TANDEM also runs every Tandem configuration with another `tandem` binary (a copy
+of the release build before a change), interleaved the same way, and prints after/before ratios.
 Python standard library only.
 """
 
@@ -106,6 +108,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--tandem", default=os.path.join(REPO, "target/release/tandem"))
     ap.add_argument("--out", help="also write every result as JSON lines here")
+    ap.add_argument("--baseline", help="another tandem binary to run beside --tandem (before/after)")
     ap.add_argument(
         "--tandem-only", action="store_true", help="skip llama.cpp (Tandem before/after runs)"
     )
@@ -131,10 +134,15 @@ def main():
         )
 
     tandem_cfgs = [
-        ("Tandem f16 import, f16 compute (server model)", f16_dir, "f16"),
-        ("Tandem Q4_1 GGUF path, f16 compute", env["GGUF_Q4_1"], "f16"),
-        ("Tandem Q4_1 GGUF path, f32 compute (device dtype)", env["GGUF_Q4_1"], "f32"),
+        ("Tandem f16 import, f16 compute (server model)", f16_dir, "f16", a.tandem),
+        ("Tandem Q4_1 GGUF path, f16 compute", env["GGUF_Q4_1"], "f16", a.tandem),
+        ("Tandem Q4_1 GGUF path, f32 compute (device dtype)", env["GGUF_Q4_1"], "f32", a.tandem),
     ]
+    if a.baseline:
+        if not os.access(a.baseline, os.X_OK):
+            raise SystemExit(f"--baseline {a.baseline} is not an executable")
+        tandem_cfgs = [c for cfg in tandem_cfgs
+                       for c in (cfg, (cfg[0] + " [baseline]", cfg[1], cfg[2], a.baseline))]
     llama_cfgs = [] if a.tandem_only else [
         ("llama.cpp F16", env["GGUF_F16"]),
         ("llama.cpp Q8_0", env["GGUF_Q8_0"]),
@@ -157,8 +165,8 @@ def main():
         for t in threads:
             for cfg in order:
                 if cfg[0] == "tandem":
-                    _, name, model, dtype = cfg
-                    r = run_tandem(a.tandem, model, dtype, t, p, n)
+                    _, name, model, dtype, binary = cfg
+                    r = run_tandem(binary, model, dtype, t, p, n)
                 else:
                     _, name, gguf = cfg
                     r = run_llama(env["LLAMA_BENCH"], gguf, t, p, n)
@@ -213,6 +221,17 @@ def main():
             for tn, ln in pairs:
                 a_, b_ = med[(tn, t)], med[(ln, t)]
                 print(f"| {tn} / {ln} | {t} | {a_['prefill'] / b_['prefill']:.2f}× | "
+                      f"{a_['decode'] / b_['decode']:.2f}× |")
+    if a.baseline:
+        print()
+        print(f"| Tandem {a.tandem} / baseline {a.baseline} | threads | prefill ratio | decode ratio |")
+        print("|---|---|---|---|")
+        for t in threads:
+            for cfg in tandem_cfgs:
+                if cfg[3] != a.tandem:
+                    continue
+                a_, b_ = med[(cfg[0], t)], med[(cfg[0] + " [baseline]", t)]
+                print(f"| {cfg[0]} | {t} | {a_['prefill'] / b_['prefill']:.2f}× | "
                       f"{a_['decode'] / b_['decode']:.2f}× |")
     if len(threads) > 1:
         print()

@@ -18,6 +18,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use thiserror::Error;
 
 use tandem_attest::log::Checkpoint;
@@ -320,7 +322,17 @@ fn verified_lines(
         let Some(rest) = line.strip_prefix("\u{2014} ") else {
             return Err(format!("{line:?} is not a note signature line"));
         };
-        if rest.split(' ').next() != Some(key.name()) {
+        // C2SP signed-note: a signature is from this key only if both the name and the key id
+        // (the first 4 bytes of the signature) match; others are ignored.
+        let mut fields = rest.split(' ');
+        let (Some(name), Some(sig), None) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(format!("{line:?} is not a note signature line"));
+        };
+        let id = B64.decode(sig).ok().and_then(|b| {
+            b.get(..4)
+                .map(|id| u32::from_be_bytes([id[0], id[1], id[2], id[3]]))
+        });
+        if name != key.name() || id != Some(key.key_id()) {
             continue;
         }
         let mut msg = note.to_vec();
@@ -448,5 +460,74 @@ impl Witnesses {
             cosigned,
             failures,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tandem_attest::log::note::{Cosigner, NoteSigner, sign_checkpoint};
+
+    /// Throwaway keys (`attest log keygen`, `attest witness keygen`).
+    const LOG: &str =
+        "PRIVATE+KEY+unit.test/log+32fbd903+AS/cSVzfVgmy3AgHsojvjVQbOrsJNWmLmSE8gTM/gI/+";
+    const W1: &str =
+        "PRIVATE+KEY+fuzz.witness+682a3bf2+BLDyeJQ5co1bKwD+6XisKQxJMQeTeasR3hQkU/lMkCn3";
+    const W2: &str =
+        "PRIVATE+KEY+other.witness+79f40521+BCipwJPsFWm92AhREL5ELM9QQnC/UcpVzXjicsiNfNmh";
+
+    #[test]
+    fn only_valid_cosignatures_of_the_configured_key_are_kept() {
+        let log = NoteSigner::from_skey(LOG).unwrap();
+        let (w1, w2) = (
+            Cosigner::from_skey(W1).unwrap(),
+            Cosigner::from_skey(W2).unwrap(),
+        );
+        let cp = Checkpoint::new("unit.test/log", 3, [9; 32]);
+        let note = sign_checkpoint(&cp, &log).unwrap();
+        let text = cp.encode();
+        let l1 = w1.cosignature_line(text.as_bytes(), 100);
+        let l2 = w2.cosignature_line(text.as_bytes(), 100);
+        let v = log.verifier();
+        // Another witness's line is ignored; ours is kept.
+        let got = verified_lines(&note, format!("{l2}{l1}").as_bytes(), &w1.key(), &v).unwrap();
+        assert_eq!(got, l1);
+        // Only other witnesses: refused.
+        assert!(verified_lines(&note, l2.as_bytes(), &w1.key(), &v).is_err());
+        // Our line over another checkpoint: refused.
+        let other = w1.cosignature_line(
+            Checkpoint::new("unit.test/log", 4, [9; 32])
+                .encode()
+                .as_bytes(),
+            100,
+        );
+        assert!(verified_lines(&note, other.as_bytes(), &w1.key(), &v).is_err());
+        // Not signature lines, no final newline: refused.
+        assert!(verified_lines(&note, b"hello\n", &w1.key(), &v).is_err());
+        assert!(verified_lines(&note, l1.trim_end().as_bytes(), &w1.key(), &v).is_err());
+    }
+
+    #[test]
+    fn witness_targets_and_config_are_checked() {
+        let k = Cosigner::from_skey(W1).unwrap().key().vkey();
+        let t = WitnessTarget::parse(&format!("http://w:1/=={k}")).map(|t| t.url);
+        assert!(t.is_err(), "the first = splits: {t:?}");
+        let t = WitnessTarget::parse(&format!("http://w:1/prefix/={k}")).unwrap();
+        assert_eq!(t.url, "http://w:1/prefix");
+        assert!(WitnessTarget::parse(&k).is_err());
+        assert!(WitnessTarget::parse(&format!("w:1={k}")).is_err());
+        let log = NoteSigner::from_skey(LOG).unwrap();
+        let d = Duration::from_secs(1);
+        let cfg = |ts: Vec<WitnessTarget>, k| WitnessConfig::new(ts, k, log.verifier(), d);
+        assert!(cfg(vec![], 0).is_err());
+        assert!(cfg(vec![t.clone()], 0).is_err());
+        assert!(cfg(vec![t.clone()], 2).is_err());
+        assert!(
+            cfg(vec![t.clone(), t.clone()], 1).is_err(),
+            "duplicate witness"
+        );
+        assert_eq!(cfg(vec![t], 1).unwrap().quorum(), 1);
     }
 }

@@ -346,7 +346,7 @@ impl Witness {
         }
         // 7. "If the old size matches the checkpoint size, the witness MUST check that the root
         // hashes are also identical. If they don't match ... 409".
-        if req.old_size == cp.size && latest.is_some() && latest_root != cp.root_hash {
+        if req.old_size == cp.size && cp.size > 0 && latest_root != cp.root_hash {
             return Err(Refusal::Conflict {
                 latest: latest_size,
                 reason: format!(
@@ -355,16 +355,20 @@ impl Witness {
                 ),
             });
         }
-        // 8. RFC 6962 §2.1.2 consistency proof from the latest checkpoint (empty from size 0):
-        // else 422.
-        verify_consistency(
-            req.old_size,
-            cp.size,
-            &latest_root,
-            &cp.root_hash,
-            &req.proof,
-        )
-        .map_err(|e| Refusal::Unprocessable(e.to_string()))?;
+        // 8. RFC 6962 §2.1.2 consistency proof from the latest checkpoint (empty from size 0,
+        // whose root is the empty tree's): else 422. A tree of size 0 must have that root too.
+        if cp.size == 0 && cp.root_hash != EMPTY_ROOT {
+            return Err(Refusal::Unprocessable(
+                "a checkpoint of size 0 must carry the root of the empty tree".into(),
+            ));
+        }
+        let old_root = if req.old_size == 0 {
+            EMPTY_ROOT
+        } else {
+            latest_root
+        };
+        verify_consistency(req.old_size, cp.size, &old_root, &cp.root_hash, &req.proof)
+            .map_err(|e| Refusal::Unprocessable(e.to_string()))?;
         // 9. C2SP tlog-cosignature over the checkpoint body.
         let response = self.cosigner.cosignature_line(&opened.text, now);
         Ok(Cosigned {
@@ -620,6 +624,23 @@ mod tests {
         }
         .encode();
         assert_eq!(s.witness.check(&body, NOW).unwrap_err().status(), 404);
+        // A checkpoint of size 0 must have the empty tree's root.
+        let mut fresh = setup();
+        let body = AddCheckpoint {
+            old_size: 0,
+            proof: vec![],
+            checkpoint: sign_checkpoint(&Checkpoint::new(ORIGIN, 0, [1; 32]), &fresh.log).unwrap(),
+        }
+        .encode();
+        assert_eq!(fresh.witness.check(&body, NOW).unwrap_err().status(), 422);
+        let body = AddCheckpoint {
+            old_size: 0,
+            proof: vec![],
+            checkpoint: sign_checkpoint(&Checkpoint::new(ORIGIN, 0, EMPTY_ROOT), &fresh.log)
+                .unwrap(),
+        }
+        .encode();
+        accept(&mut fresh, &body);
         // Nothing above changed the state.
         assert_eq!(s.witness.latest(ORIGIN).unwrap().size, 8);
     }

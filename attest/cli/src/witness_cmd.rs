@@ -55,14 +55,14 @@ enum WitnessCommand {
     /// latest checkpoint per origin is written durably to `--state DIR` before each answer.
     Serve {
         /// The private key file written by `attest witness keygen`.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         key: PathBuf,
         /// A log to witness, `ORIGIN=VKEY` or just `VKEY` (the origin is then the key's name);
         /// repeatable, and an origin may be given several keys.
-        #[arg(long = "log", required = true)]
+        #[arg(long = "log", value_name = "ORIGIN=VKEY", required = true)]
         logs: Vec<String>,
         /// Directory holding the witness's state (created if missing).
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         state: PathBuf,
         /// Address to listen on (port 0 picks a free port; the chosen address is printed).
         #[arg(long, default_value = "127.0.0.1:8081")]

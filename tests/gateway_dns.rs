@@ -2,6 +2,8 @@
 //! the test on a loopback port), real `tandem-gateway` processes and three real `tandem-node`
 //! processes on 127.0.0.11–13 (one release, one config; the embedded device model).
 //!
+//! - Nodes serve gRPC over TLS; the gateway checks each certificate against the DNS name the
+//!   node was found under (a name the certificate lacks: found, never offered).
 //! - A/AAAA: the nodes a name lists are offered, and only once they passed a health check (an
 //!   address where nothing listens joins the fleet but is never offered); a node added to the
 //!   name is offered after the next resolution; a node removed is dropped (its old handle is
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tandem_proto::v1;
 use tandem_proto::v1::gateway_client::GatewayClient;
-use tandem_tests::node::{connect, digests, fleet, seal};
+use tandem_tests::node::{connect_tls, digests, fleet, seal};
 use tandem_tests::procs::{Dnsmasq, Proc, free_dns_port, free_port, have};
 use tonic::transport::Channel;
 
@@ -54,7 +56,9 @@ fn start_gateway(name: &str, dns: &str, logs: &Path) -> (Proc, GatewayAddr) {
         format!(
             "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nnodes = []\n\
              health_interval_secs = 1\nhealth_timeout_ms = 1000\nconnect_timeout_ms = 500\n\
-             [dns]\ninterval_secs = 1\ntimeout_ms = 500\n{dns}\n"
+             node_ca = \"{}\"\n\
+             [dns]\ninterval_secs = 1\ntimeout_ms = 500\nscheme = \"https\"\n{dns}\n",
+            logs.join("nodes-ca.pem").display()
         ),
     )
     .unwrap();
@@ -165,7 +169,24 @@ fn gateway_follows_dns_a_and_srv_records() {
         let logs = tempfile::tempdir().unwrap();
         let logs = logs.path();
         let node_bin = tandem_tests::bins::path("tandem-node");
-        let f = fleet(&node_bin, "", true).await;
+        // gRPC over TLS: the gateway checks each node's certificate against the DNS name it
+        // came from (`nodes.tandem.test`, or the SRV target), not the address it dials.
+        let f = fleet(&node_bin, "tls = true", true).await;
+        let names = [
+            "localhost",
+            "nodes.tandem.test",
+            "n12.tandem.test",
+            "n13.tandem.test",
+        ];
+        let tls = rcgen::generate_simple_self_signed(names.map(String::from).to_vec()).unwrap();
+        let ca_pem = tls.cert.pem();
+        std::fs::write(f.identity.join("tls.cert.pem"), &ca_pem).unwrap();
+        std::fs::write(
+            f.identity.join("tls.key.pem"),
+            tls.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        std::fs::write(logs.join("nodes-ca.pem"), &ca_pem).unwrap();
 
         // Three nodes on one port at three loopback addresses (A records carry no port).
         let port = free_port(ip(11));
@@ -178,7 +199,7 @@ fn gateway_follows_dns_a_and_srv_records() {
         for (p, a) in nodes.iter().zip(&addrs) {
             let served = p.wait_line("serving ", Duration::from_secs(60)).unwrap();
             assert_eq!(served, a.to_string());
-            let mut c = connect(*a).await;
+            let mut c = connect_tls(*a, ca_pem.as_bytes()).await;
             docs.push(tandem_tests::node::attestation_document(&mut c).await);
         }
 
@@ -191,7 +212,11 @@ fn gateway_follows_dns_a_and_srv_records() {
             ]
         };
         let mut dns = Dnsmasq::start(logs, dns_port, DOMAIN, &srv_for(12));
-        dns.set_hosts(&[(ip(11), "nodes.tandem.test"), (ip(12), "nodes.tandem.test")]);
+        dns.set_hosts(&[
+            (ip(11), "nodes.tandem.test"),
+            (ip(12), "nodes.tandem.test"),
+            (ip(11), "other.tandem.test"),
+        ]);
         let ns = format!("nameserver = \"{}\"", dns.addr);
 
         let (gw_a, a) = start_gateway(
@@ -215,12 +240,21 @@ fn gateway_follows_dns_a_and_srv_records() {
             &format!("name = \"nodes.{DOMAIN}\"\nport = {port}\nnameserver = \"{silent}\""),
             logs,
         );
+        // A name the nodes' certificate does not carry: they are found but never pass a
+        // health check, so never offered.
+        let (gw_wrong, wrong) = start_gateway(
+            "gateway-wrong-name",
+            &format!("name = \"other.{DOMAIN}\"\nport = {port}\n{ns}"),
+            logs,
+        );
         let mut ga = a.client().await;
         let mut gs = srv.client().await;
 
         // 1. A records: nodes 0 and 1 are offered, node 2 (not in DNS) is not.
         wait_offered(&mut ga, &docs, &[0, 1]).await;
         let before = offered(&mut ga, &docs).await.unwrap();
+        wait_event(&gw_wrong, "node_unhealthy", |v| v["node"] == 0).await;
+        assert!(offered(&mut wrong.client().await, &docs).await.is_err());
         wait_event(&gw_a, "dns_resolved", |v| v["nodes"] == 2).await;
 
         // A request end to end through a node the gateway found in DNS.
@@ -363,11 +397,11 @@ fn gateway_follows_dns_a_and_srv_records() {
         assert!(gw_missing.exited().is_none(), "{}", gw_missing.stderr());
         assert!(gw_silent.exited().is_none(), "{}", gw_silent.stderr());
         if std::env::var_os("SHOW_LOGS").is_some() {
-            for p in [&gw_a, &gw_srv, &gw_missing, &gw_silent] {
+            for p in [&gw_a, &gw_srv, &gw_missing, &gw_silent, &gw_wrong] {
                 eprintln!("== {}\n{}", p.name, p.stderr());
             }
         }
-        for p in [&gw_a, &gw_srv, &gw_missing, &gw_silent] {
+        for p in [&gw_a, &gw_srv, &gw_missing, &gw_silent, &gw_wrong] {
             assert!(!p.stderr().contains("panicked"), "{}", p.stderr());
         }
     });

@@ -243,6 +243,7 @@ mod tests {
             "tandem_gateway_discover_total",
             "tandem_gateway_submit_total",
             "tandem_gateway_health_checks_total",
+            "tandem_gateway_dns_resolutions_total",
             "tandem_gateway_submit_seconds",
         ] {
             assert!(s.contains(&format!("# TYPE {fam} ")), "{fam}");

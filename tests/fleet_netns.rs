@@ -497,14 +497,23 @@ fn fleet_across_network_namespaces() {
         assert!(Instant::now() < deadline, "no text from the stream");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // The streaming node is the one sending: the gateways' health checks are a minute apart.
-    std::thread::sleep(Duration::from_millis(100));
-    let sent: Vec<u64> = names
-        .iter()
-        .zip(&before)
-        .map(|(n, b)| net.sent_bytes(n) - b)
-        .collect();
-    let victim = (0..3).max_by_key(|&i| sent[i]).unwrap();
+    // The streaming node is the one sending: the gateways' health checks are a minute apart,
+    // so the others send only the odd ARP or neighbour packet. Wait until one clearly leads.
+    let lead_deadline = Instant::now() + Duration::from_secs(3);
+    let (victim, sent) = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let sent: Vec<u64> = names
+            .iter()
+            .zip(&before)
+            .map(|(n, b)| net.sent_bytes(n) - b)
+            .collect();
+        let mut order: Vec<usize> = (0..3).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sent[i]));
+        let (top, second) = (sent[order[0]], sent[order[1]]);
+        if (top >= 400 && top >= 3 * second) || Instant::now() > lead_deadline {
+            break (order[0], sent);
+        }
+    };
     ip(&["link", "set", &net.host(names[victim]).veth, "down"]);
     let cut = Instant::now();
     let status = loop {

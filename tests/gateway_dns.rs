@@ -9,6 +9,7 @@
 //!   name is offered after the next resolution; a node removed is dropped (its old handle is
 //!   unknown); a request runs end to end through a node found this way.
 //! - SRV: targets and ports come from the records; a changed record set is followed.
+//! - `dns.max_nodes` bounds the nodes taken from one answer (the rest counted as ignored).
 //! - The DNS server going away: `dns_failed` is logged and the last set is kept; when it is
 //!   back, the gateway follows it again.
 //! - A name that does not exist (NXDOMAIN) and a name server that does not answer are log
@@ -247,6 +248,12 @@ fn gateway_follows_dns_a_and_srv_records() {
             &format!("name = \"other.{DOMAIN}\"\nport = {port}\n{ns}"),
             logs,
         );
+        // At most one node from DNS: the rest of the answer is ignored, and counted.
+        let (gw_max, max1) = start_gateway(
+            "gateway-max-1",
+            &format!("name = \"nodes.{DOMAIN}\"\nport = {port}\nmax_nodes = 1\n{ns}"),
+            logs,
+        );
         let mut ga = a.client().await;
         let mut gs = srv.client().await;
 
@@ -254,6 +261,12 @@ fn gateway_follows_dns_a_and_srv_records() {
         wait_offered(&mut ga, &docs, &[0, 1]).await;
         let before = offered(&mut ga, &docs).await.unwrap();
         wait_event(&gw_wrong, "node_unhealthy", |v| v["node"] == 0).await;
+        wait_event(&gw_max, "dns_resolved", |v| {
+            v["nodes"] == 1 && v["ignored"] == 1
+        })
+        .await;
+        let mut gm = max1.client().await;
+        wait_offered(&mut gm, &docs, &[0]).await;
         assert!(offered(&mut wrong.client().await, &docs).await.is_err());
         wait_event(&gw_a, "dns_resolved", |v| v["nodes"] == 2).await;
 
@@ -397,11 +410,11 @@ fn gateway_follows_dns_a_and_srv_records() {
         assert!(gw_missing.exited().is_none(), "{}", gw_missing.stderr());
         assert!(gw_silent.exited().is_none(), "{}", gw_silent.stderr());
         if std::env::var_os("SHOW_LOGS").is_some() {
-            for p in [&gw_a, &gw_srv, &gw_missing, &gw_silent, &gw_wrong] {
+            for p in [&gw_a, &gw_srv, &gw_missing, &gw_silent, &gw_wrong, &gw_max] {
                 eprintln!("== {}\n{}", p.name, p.stderr());
             }
         }
-        for p in [&gw_a, &gw_srv, &gw_missing, &gw_silent, &gw_wrong] {
+        for p in [&gw_a, &gw_srv, &gw_missing, &gw_silent, &gw_wrong, &gw_max] {
             assert!(!p.stderr().contains("panicked"), "{}", p.stderr());
         }
     });

@@ -438,3 +438,72 @@ impl FleetNode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(last: u8) -> Found {
+        Found {
+            addr: SocketAddr::from(([127, 0, 0, last], 7100)),
+            tls_name: "nodes.test".into(),
+        }
+    }
+
+    /// DNS nodes follow the answer; static nodes stay; numbers are never reused; a node listed
+    /// statically is not added twice.
+    #[tokio::test]
+    async fn sync_dns_adds_drops_and_keeps_static_nodes() {
+        let config = GatewayConfig::parse(
+            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             nodes = [\"http://127.0.0.1:7100\"]\n[dns]\nname = \"nodes.test\"\nport = 7100\n\
+             nameserver = \"127.0.0.1:53\"\n",
+            std::path::Path::new("."),
+        )
+        .expect("valid");
+        let fleet = Fleet::new(&config).expect("fleet");
+        assert_eq!(fleet.len(), 1);
+
+        let c = fleet.sync_dns(&[found(1), found(2)]);
+        assert_eq!(
+            c.added.len(),
+            1,
+            "127.0.0.1:7100 is already the static node"
+        );
+        assert!(c.removed.is_empty());
+        let two = c.added[0].clone();
+        assert_eq!(
+            (two.index, two.origin.clone()),
+            (1, Origin::Dns(found(2).addr))
+        );
+        assert!(fleet.by_handle(&two.handle).is_some());
+        assert_eq!(fleet.len(), 2);
+
+        let c = fleet.sync_dns(&[found(2), found(2), found(3)]);
+        assert_eq!(c.added.len(), 1);
+        assert_eq!(c.added[0].index, 2);
+        assert!(c.removed.is_empty(), "node 2 is still named");
+
+        let c = fleet.sync_dns(&[found(3)]);
+        assert_eq!(c.removed.len(), 1);
+        assert_eq!(c.removed[0].handle, two.handle);
+        assert!(
+            fleet.by_handle(&two.handle).is_none(),
+            "a dropped node's handle is gone"
+        );
+
+        let c = fleet.sync_dns(&[]);
+        assert_eq!(c.removed.len(), 1);
+        let left = fleet.nodes();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].origin, Origin::Static);
+        assert_eq!(
+            fleet.healthy_count(),
+            0,
+            "nothing is healthy before a check"
+        );
+
+        let c = fleet.sync_dns(&[found(2)]);
+        assert_eq!(c.added[0].index, 3, "numbers are never reused");
+    }
+}

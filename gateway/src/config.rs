@@ -39,9 +39,11 @@
 //! # of `nodes`. Re-resolved every `interval_secs`; a node that appears is offered once it
 //! # passed a health check, a node that vanishes is dropped. A failed resolution (timeout,
 //! # SERVFAIL, unreachable name server) keeps the last set and logs `dns_failed`; an answer with
-//! # no records (NXDOMAIN, NODATA) is an empty set.
+//! # no records (NXDOMAIN, NODATA) is an empty set and logs `dns_empty`. No DNS cache: each
+//! # resolution asks the server.
 //! [dns]
-//! # A/AAAA: every address of `name` is a node at `port`.
+//! # A/AAAA: every address of `name` (its A records, or its AAAA records when it has no A
+//! # records) is a node at `port`.
 //! name = "tandem-nodes.tandem.svc.cluster.local"
 //! port = 7100                          # 1..=65535, required with `name`
 //! # SRV: every target of `srv` is a node at the record's port (its addresses resolved too).

@@ -187,21 +187,12 @@ async fn witness_loop(
         let mut retry = None;
         if !note.is_empty() {
             let round = witnesses.round(&note, &proofs).await;
-            let better = match &served {
-                Some((n, c)) => *n != note || round.cosigned >= *c,
-                None => true,
-            };
-            if better {
-                if let Ok(mut p) = published.write() {
-                    p.clone_from(&round.note);
-                }
-                served = Some((note.clone(), round.cosigned));
-            }
+            // Say why before publishing, so whoever sees the checkpoint can find the reason.
             if round.cosigned < witnesses.quorum() {
                 let why: Vec<String> = round.failures.iter().map(ToString::to_string).collect();
                 eprintln!(
                     "attest log: only {} of the {} required witnesses cosigned the checkpoint \
-                     ({}); it is published without their quorum, retrying in {backoff:?}: {}",
+                     of size {}; it is published without their quorum, retrying in {backoff:?}: {}",
                     round.cosigned,
                     witnesses.quorum(),
                     String::from_utf8_lossy(note.split(|&b| b == b'\n').nth(1).unwrap_or_default()),
@@ -211,6 +202,16 @@ async fn witness_loop(
                 backoff = (backoff * 2).min(WITNESS_RETRY_MAX);
             } else {
                 backoff = WITNESS_RETRY_MIN;
+            }
+            let better = match &served {
+                Some((n, c)) => *n != note || round.cosigned >= *c,
+                None => true,
+            };
+            if better {
+                if let Ok(mut p) = published.write() {
+                    p.clone_from(&round.note);
+                }
+                served = Some((note.clone(), round.cosigned));
             }
         }
         match retry {

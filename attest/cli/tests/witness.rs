@@ -3,7 +3,8 @@
 //! cosignatures and passes a device policy requiring 2 of 2; a witness restarted from its state
 //! directory refuses an older checkpoint; a forked log (same origin and key, another history)
 //! is refused with the spec's status; a policy naming a witness that did not sign refuses the
-//! checkpoint with a clear message.
+//! checkpoint with a clear message; with a witness down the checkpoint is published under the
+//! quorum, logged, and cosigned by both once the witness is back.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read as _};
@@ -433,12 +434,49 @@ async fn log_with_two_witnesses() {
     // The witnesses kept the main log's state throughout.
     append(&c, &main.url, b"last").await;
     wait_cosigned(&c, &main.url, &log_key, &both, 7).await;
+
+    // 6. Fewer than the quorum: with w2 down the next checkpoint is published with w1's
+    //    cosignature only (the device's 2-of-2 policy refuses it, 1 of 2 accepts it), and once
+    //    w2 is back the log's retry gets it cosigned by both.
+    let w2_port = w2.url.rsplit(':').next().unwrap().to_owned();
+    drop(w2);
+    append(&c, &main.url, b"w2 is down").await;
+    let one = WitnessPolicy::new(both_keys(&wkeys), 1).unwrap();
+    let note = wait_cosigned(&c, &main.url, &log_key, &one, 8).await;
+    assert!(open_checkpoint(&note, &log_key, Some(&both), None).is_err());
+    let err = KnownCheckpoint::open(&policy, std::str::from_utf8(&note).unwrap(), vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("1 valid witness cosignature(s) but the policy requires 2"),
+        "{err}"
+    );
+    let w2 = witness(
+        dir,
+        &key("w2.key"),
+        &log_vkey,
+        &format!("127.0.0.1:{w2_port}"),
+    );
+    wait_cosigned(&c, &main.url, &log_key, &both, 8).await;
+    let main_err = main.kill();
+    assert!(
+        main_err.contains("only 1 of the 2 required witnesses cosigned the checkpoint of size 8"),
+        "{main_err}"
+    );
+
     drop((w1, w2));
     let state = std::fs::read_to_string(dir.join("w1").join("witness-state")).unwrap();
     assert!(
-        state.starts_with("tandem-witness-state/v1\n\nwitness-test.tandem/log\n7\n"),
+        state.starts_with("tandem-witness-state/v1\n\nwitness-test.tandem/log\n8\n"),
         "{state}"
     );
+}
+
+fn both_keys(wkeys: &[String]) -> Vec<CosignerKey> {
+    wkeys[..2]
+        .iter()
+        .map(|k| CosignerKey::new(k).unwrap())
+        .collect()
 }
 
 /// Configuration errors are reported before any port is bound.

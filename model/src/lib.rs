@@ -41,7 +41,6 @@
 pub mod adapter_cache;
 pub mod chat_template;
 pub mod config;
-mod dense_gemv;
 pub mod digest;
 pub mod error;
 pub mod generate;

@@ -558,10 +558,6 @@ impl Weight {
     /// decode path, see [`kernel::matmul_decode`]).
     fn matmul_t(&self, x: &Tensor, decode: bool) -> Result<Tensor> {
         match self {
-            Weight::Dense(w) if decode => match crate::dense_gemv::matmul_t(x, w)? {
-                Some(y) => Ok(y),
-                None => Ok(x.matmul(&w.t()?)?),
-            },
             Weight::Dense(w) => Ok(x.matmul(&w.t()?)?),
             Weight::Pallet(p) if decode => Ok(kernel::matmul_decode(x, p)?),
             Weight::Pallet(p) => Ok(kernel::matmul(x, p)?),

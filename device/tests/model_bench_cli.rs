@@ -61,7 +61,9 @@ fn bench_prints_one_json_object_per_run() {
             "decode_tok_s",
             "load_s",
         ] {
-            let x = v[k].as_f64().unwrap_or_else(|| panic!("{k} is a number: {v}"));
+            let x = v[k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{k} is a number: {v}"));
             assert!(x.is_finite() && x > 0.0, "{k} = {x}");
         }
         assert!(v["ttft_s"].as_f64() >= v["prefill_s"].as_f64());
@@ -74,7 +76,12 @@ fn bench_prints_one_json_object_per_run() {
         let t = v["os_threads"].as_u64().expect("os thread count");
         assert!(t <= 2, "--threads 1 left {t} OS threads");
         assert_eq!(v["loadavg"].as_array().expect("loadavg").len(), 3);
-        assert!(v["model_digest"].as_str().expect("digest").starts_with("sha256:"));
+        assert!(
+            v["model_digest"]
+                .as_str()
+                .expect("digest")
+                .starts_with("sha256:")
+        );
     }
 
     // Two threads: the pool grows to two workers.
@@ -104,8 +111,14 @@ fn bench_prints_one_json_object_per_run() {
 #[test]
 fn bench_refuses_bad_input() {
     for (args, needle) in [
-        (&["--prompt-tokens", "0"][..], "--prompt-tokens must be at least 1"),
-        (&["--new-tokens", "0"][..], "--new-tokens must be at least 1"),
+        (
+            &["--prompt-tokens", "0"][..],
+            "--prompt-tokens must be at least 1",
+        ),
+        (
+            &["--new-tokens", "0"][..],
+            "--new-tokens must be at least 1",
+        ),
         (&["--repeat", "0"][..], "--repeat must be at least 1"),
         (&["--threads", "0"][..], "--threads must be at least 1"),
         (
@@ -120,5 +133,8 @@ fn bench_refuses_bad_input() {
     }
     let (ok, _, err) = tandem(&["model", "bench", "--model", "/nonexistent-model-dir"]);
     assert!(!ok);
-    assert!(err.contains("/nonexistent-model-dir") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("/nonexistent-model-dir") && err.contains("does not exist"),
+        "{err}"
+    );
 }

@@ -180,14 +180,7 @@ fn ask(net: &Net, device_config: &Path, gateway: Ipv4Addr, max_tokens: u32) -> (
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    tandem_tests::procs::outcome(&out)
 }
 
 #[test]

@@ -39,14 +39,7 @@ fn check(rendered: &str, overlay: &str) -> (bool, String) {
         .arg(overlay)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    tandem_tests::procs::outcome(&out)
 }
 
 #[test]

@@ -40,14 +40,7 @@ fn client(url: &str, vkey: &str) -> (bool, String) {
         .args([url, vkey])
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    tandem_tests::procs::outcome(&out)
 }
 
 #[test]

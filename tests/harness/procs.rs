@@ -244,3 +244,16 @@ impl Dnsmasq {
         }
     }
 }
+
+/// A finished command's outcome for an assertion: whether it succeeded, and its standard output
+/// followed by its standard error.
+pub fn outcome(out: &std::process::Output) -> (bool, String) {
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

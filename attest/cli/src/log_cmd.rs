@@ -310,11 +310,19 @@ fn load_vkey(arg: &str) -> anyhow::Result<tandem_attest::log::NoteVerifier> {
 }
 
 fn keygen(origin: &str, out: &Path) -> anyhow::Result<()> {
+    let (signer, skey) = NoteSigner::generate_with_rng(&mut rand::rngs::OsRng, origin)?;
+    write_new_key_file(out, &skey)?;
+    println!("{}", signer.vkey());
+    Ok(())
+}
+
+/// Writes a private key (one line) to a new file readable only by its owner, synced; refuses
+/// to overwrite an existing file. Shared by `attest log keygen` and `attest witness keygen`.
+pub(crate) fn write_new_key_file(out: &Path, secret: &str) -> anyhow::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
 
-    let (signer, skey) = NoteSigner::generate_with_rng(&mut rand::rngs::OsRng, origin)?;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -325,9 +333,8 @@ fn keygen(origin: &str, out: &Path) -> anyhow::Result<()> {
             out.display()
         )
     })?;
-    f.write_all(format!("{skey}\n").as_bytes())?;
+    f.write_all(format!("{secret}\n").as_bytes())?;
     f.sync_all()?;
-    println!("{}", signer.vkey());
     Ok(())
 }
 

@@ -131,22 +131,8 @@ fn parse_log(arg: &str) -> anyhow::Result<(String, NoteVerifier)> {
 }
 
 fn keygen(name: &str, out: &Path) -> anyhow::Result<()> {
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-
     let cosigner = Cosigner::generate_with_rng(&mut rand::rngs::OsRng, name)?;
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts.open(out).with_context(|| {
-        format!(
-            "creating key file {} (it must not exist yet)",
-            out.display()
-        )
-    })?;
-    f.write_all(format!("{}\n", cosigner.private_key()).as_bytes())?;
-    f.sync_all()?;
+    crate::log_cmd::write_new_key_file(out, &cosigner.private_key())?;
     println!("{}", cosigner.key().vkey());
     Ok(())
 }

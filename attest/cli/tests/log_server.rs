@@ -2,9 +2,8 @@
 //! (SIGKILL at random points during concurrent appends, then reopen).
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -15,7 +14,8 @@ use tandem_attest::log::tile::{self, TILE_WIDTH, TileKind, TilePath};
 use tandem_attest::log::{BatchInclusion, CheckpointTracker, InclusionBundle, NoteVerifier};
 use tandem_log::LogClient;
 
-const BIN: &str = env!("CARGO_BIN_EXE_attest");
+mod common;
+use common::{BIN, Proc as Server};
 
 fn keygen(dir: &Path) -> (PathBuf, NoteVerifier) {
     let key = dir.join("log.key");
@@ -33,62 +33,14 @@ fn keygen(dir: &Path) -> (PathBuf, NoteVerifier) {
     (key, NoteVerifier::new(vkey.trim()).unwrap())
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(dir: &Path, key: &Path) -> Result<Self, String> {
-        let mut child = Command::new(BIN)
-            .args(["log", "serve", "--listen", "127.0.0.1:0", "--dir"])
-            .arg(dir)
-            .arg("--key")
-            .arg(key)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        match line.trim().strip_prefix("listening on ") {
-            Some(url) => Ok(Self {
-                child,
-                url: url.to_owned(),
-            }),
-            None => {
-                let out = child.wait_with_output().map_err(|e| e.to_string())?;
-                Err(String::from_utf8_lossy(&out.stderr).into_owned())
-            }
-        }
-    }
-
-    /// SIGKILL, then everything the server wrote to stderr.
-    fn kill_and_stderr(mut self) -> String {
-        use std::io::Read as _;
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            e.read_to_string(&mut err).unwrap();
-        }
-        err
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `attest log serve` of the log in `dir`, signed with `key`; `Err` is its stderr if it refuses
+/// to start.
+fn start_log(dir: &Path, key: &Path) -> Result<Server, String> {
+    let mut args: Vec<std::ffi::OsString> = ["log", "serve", "--listen", "127.0.0.1:0", "--dir"]
+        .map(Into::into)
+        .to_vec();
+    args.extend([dir.into(), "--key".into(), key.into()]);
+    Server::try_start(args)
 }
 
 async fn get(c: &reqwest::Client, url: &str, path: &str) -> Vec<u8> {
@@ -201,7 +153,7 @@ fn rt() -> tokio::runtime::Runtime {
 fn serve_append_prove_audit_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let (key, log) = keygen(tmp.path());
-    let server = Server::start(&tmp.path().join("log"), &key).unwrap();
+    let server = start_log(&tmp.path().join("log"), &key).unwrap();
     let vkey = log.vkey().to_owned();
     let cli = |args: &[&str]| {
         let out = Command::new(BIN).args(args).output().unwrap();
@@ -432,8 +384,8 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
     let mut tracker = CheckpointTracker::new("test.tandem/log");
     let runtime = rt();
     for round in 0..8u32 {
-        let server = Server::start(&dir, &key)
-            .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let server =
+            start_log(&dir, &key).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
         let c = reqwest::Client::new();
         // After a crash: the checkpoint covers every acknowledged entry, the entries are the
         // ones acknowledged, and the new checkpoint extends every earlier one.
@@ -520,7 +472,7 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
     }
     assert!(!acked.is_empty());
     // A final clean open sees everything.
-    let server = Server::start(&dir, &key).unwrap();
+    let server = start_log(&dir, &key).unwrap();
     runtime.block_on(async {
         let c = reqwest::Client::new();
         let cp = checkpoint(&c, &server.url, &log).await;
@@ -537,7 +489,7 @@ fn damaged_storage_is_refused_with_a_clear_error() {
     let (key, _) = keygen(tmp.path());
     let dir = tmp.path().join("log");
     {
-        let server = Server::start(&dir, &key).unwrap();
+        let server = start_log(&dir, &key).unwrap();
         rt().block_on(async {
             let c = reqwest::Client::new();
             for i in 0..50u32 {
@@ -555,18 +507,18 @@ fn damaged_storage_is_refused_with_a_clear_error() {
     let mut bad = good.clone();
     bad[4] ^= 1;
     std::fs::write(&wal, &bad).unwrap();
-    let err = Server::start(&dir, &key).err().expect("must refuse");
+    let err = start_log(&dir, &key).err().expect("must refuse");
     assert!(
         err.contains("WAL holds only") || err.contains("altered"),
         "{err}"
     );
     // Entries cut off below the published checkpoint: acknowledged entries missing.
     std::fs::write(&wal, &good[..good.len() / 2]).unwrap();
-    let err = Server::start(&dir, &key).err().expect("must refuse");
+    let err = start_log(&dir, &key).err().expect("must refuse");
     assert!(err.contains("acknowledged entries are missing"), "{err}");
     // Restored: opens again.
     std::fs::write(&wal, &good).unwrap();
-    Server::start(&dir, &key).unwrap();
+    start_log(&dir, &key).unwrap();
 }
 
 /// Issue 19, item 5: interior tiles deleted or damaged while the log was down (a lost
@@ -583,7 +535,7 @@ fn lost_or_damaged_interior_tiles_are_rebuilt_from_the_wal() {
         .map(|i| format!("entry {i}").into_bytes())
         .collect();
     {
-        let server = Server::start(&dir, &key).unwrap();
+        let server = start_log(&dir, &key).unwrap();
         rt().block_on(async {
             for chunk in entries.chunks(100) {
                 add_batch(&server.url, &log, chunk).await;
@@ -611,7 +563,7 @@ fn lost_or_damaged_interior_tiles_are_rebuilt_from_the_wal() {
     bad[last] ^= 1;
     std::fs::write(&original[4].0, &bad).unwrap();
 
-    let server = Server::start(&dir, &key).unwrap();
+    let server = start_log(&dir, &key).unwrap();
     let url = server.url.clone();
     // Every file is back, byte for byte, and the log serves a tree that verifies.
     for (path, data) in &original {
@@ -639,7 +591,7 @@ fn lost_or_damaged_interior_tiles_are_rebuilt_from_the_wal() {
                 .unwrap();
         }
     });
-    let stderr = server.kill_and_stderr();
+    let stderr = server.kill();
     for p in [
         "tile/0/000 (missing)",
         "tile/0/001 (did not match the WAL)",
@@ -659,7 +611,7 @@ fn sigterm_stops_the_log_gracefully() {
     let tmp = tempfile::tempdir().unwrap();
     let (key, log) = keygen(tmp.path());
     let dir = tmp.path().join("log");
-    let mut server = Server::start(&dir, &key).unwrap();
+    let mut server = start_log(&dir, &key).unwrap();
     rt().block_on(add_batch(
         &server.url,
         &log,
@@ -686,7 +638,7 @@ fn sigterm_stops_the_log_gracefully() {
     };
     assert!(status.success(), "exit status after SIGTERM: {status}");
     drop(server);
-    let again = Server::start(&dir, &key).unwrap();
+    let again = start_log(&dir, &key).unwrap();
     let cp = rt().block_on(async { checkpoint(&reqwest::Client::new(), &again.url, &log).await });
     assert_eq!(cp.checkpoint().size, 2);
 }

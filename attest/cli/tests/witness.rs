@@ -7,9 +7,8 @@
 //! quorum, logged, and cosigned by both once the witness is back.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read as _};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -20,7 +19,8 @@ use tandem_attest::log::{InclusionBundle, NoteVerifier};
 use tandem_attest::test_util::Fixture;
 use tandem_attest::verify::{KnownCheckpoint, Policy};
 
-const BIN: &str = env!("CARGO_BIN_EXE_attest");
+mod common;
+use common::{BIN, Proc};
 const ORIGIN: &str = "witness-test.tandem/log";
 
 fn run(args: &[&str]) -> String {
@@ -33,62 +33,9 @@ fn run(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// A child process that printed `listening on URL` on its first stdout line.
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-impl Proc {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(url) = line.trim().strip_prefix("listening on ") else {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("attest {args:?} did not start: {err}");
-        };
-        Self {
-            url: url.to_owned(),
-            child,
-        }
-    }
-
-    /// SIGKILL, then what the process wrote to stderr.
-    fn kill(mut self) -> String {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            e.read_to_string(&mut err).unwrap();
-        }
-        err
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn witness(dir: &Path, key: &Path, log_vkey: &str, listen: &str) -> Proc {
     let state = dir.join(key.file_stem().unwrap());
-    Proc::start(&[
+    Proc::start([
         "witness",
         "serve",
         "--key",

@@ -145,8 +145,25 @@ impl Model {
         prompt: &[u32],
         adapter: Option<&Adapter>,
         params: &GenerateParams,
-        mut on_text: impl FnMut(&str, &[u32]) -> ControlFlow<()>,
+        on_text: impl FnMut(&str, &[u32]) -> ControlFlow<()>,
     ) -> Result<Generation> {
+        self.generate_speculative(tokenizer, prompt, adapter, params, None, on_text)
+            .map(|(g, _)| g)
+    }
+
+    /// Like [`Model::generate_with_tokens`], with prompt-lookup speculative decoding when
+    /// `speculate` is given and sampling is greedy (see [`PromptLookup`]); also returns how many
+    /// tokens were proposed and accepted. Sampled requests decode one token at a time, so their
+    /// distribution is untouched.
+    pub fn generate_speculative(
+        &self,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        adapter: Option<&Adapter>,
+        params: &GenerateParams,
+        speculate: Option<PromptLookup>,
+        mut on_text: impl FnMut(&str, &[u32]) -> ControlFlow<()>,
+    ) -> Result<(Generation, SpeculationStats)> {
         if prompt.is_empty() {
             return Err(UsageError::Empty("the prompt has no tokens").into());
         }
@@ -159,6 +176,9 @@ impl Model {
             }
             .into());
         }
+        let speculate = speculate
+            .filter(|s| params.sampling.temperature == 0.0 && s.ngram > 0 && s.max_draft > 0);
+        let mut stats = SpeculationStats::default();
         let eos = params
             .eos_token_ids
             .clone()
@@ -166,56 +186,86 @@ impl Model {
         let mut sampler = Sampler::new(params.sampling.clone())?;
         let capacity = (prompt.len() + params.max_tokens).min(max_ctx);
         let mut cache = Cache::new(self, 1, capacity)?;
-        let mut decoder = StreamDecoder::new(tokenizer);
-        let mut stop = StopFilter {
-            stops: &params.stop_strings,
-            text: String::new(),
-            emitted: 0,
+        let mut out = Output {
+            eos: &eos,
+            decoder: StreamDecoder::new(tokenizer),
+            stop: StopFilter {
+                stops: &params.stop_strings,
+                text: String::new(),
+                emitted: 0,
+            },
+            context: prompt.to_vec(),
+            generated: Vec::new(),
+            pending: Vec::new(),
         };
-        let mut context = prompt.to_vec();
-        let mut generated = Vec::new();
-        let mut input = self.tokens_tensor(prompt)?;
         let mut finish = FinishReason::Length;
-        let mut pending: Vec<u32> = Vec::new();
-        let mut emit =
-            |piece: &str, stop: &mut StopFilter, pending: &mut Vec<u32>| -> (bool, bool) {
-                let (out, hit) = stop.push(piece);
-                let cancelled = !out.is_empty() && {
-                    let flow = on_text(&out, pending);
-                    pending.clear();
-                    flow.is_break()
-                };
-                (hit, cancelled)
-            };
-        while generated.len() < params.max_tokens && cache.len() < capacity {
-            let logits = self
-                .forward_last(&input, adapter, &mut cache)?
+        if params.max_tokens > 0 {
+            // Logits for the token after everything in the cache.
+            let mut logits = self
+                .forward_last(&self.tokens_tensor(prompt)?, adapter, &mut cache)?
                 .squeeze(0)?
                 .to_vec1::<f32>()?;
-            let next = sampler.sample(&logits, &context)?;
-            if eos.contains(&next) {
-                finish = FinishReason::Eos;
-                break;
-            }
-            generated.push(next);
-            context.push(next);
-            pending.push(next);
-            if let Some(piece) = decoder.push(next)? {
-                let (hit, cancelled) = emit(&piece, &mut stop, &mut pending);
-                if hit {
-                    finish = FinishReason::StopString;
+            'decode: loop {
+                let next = sampler.sample(&logits, &out.context)?;
+                if let Some(f) = out.take(next, &mut on_text)? {
+                    finish = f;
                     break;
                 }
-                if cancelled {
-                    finish = FinishReason::Cancelled;
+                if out.generated.len() >= params.max_tokens || cache.len() >= capacity {
                     break;
                 }
+                // Prompt lookup: tokens that followed the latest earlier occurrence of the
+                // context's last n-gram, verified together with `next` in one forward pass.
+                let room =
+                    (capacity - cache.len() - 1).min(params.max_tokens - out.generated.len());
+                let draft: Vec<u32> = match speculate {
+                    Some(s) => propose(&out.context, s.ngram, s.max_draft.min(room)).to_vec(),
+                    None => Vec::new(),
+                };
+                let mut ids = Vec::with_capacity(draft.len() + 1);
+                ids.push(next);
+                ids.extend_from_slice(&draft);
+                let base = cache.len();
+                let rows = self
+                    .forward(&self.tokens_tensor(&ids)?, adapter, &mut cache)?
+                    .squeeze(0)?
+                    .to_vec2::<f32>()?;
+                stats.proposed += draft.len();
+                // Greedy verification: row i holds the logits after `next, draft[..i]`; a draft
+                // token stands only where greedy decoding would have picked it.
+                let mut accepted = 0;
+                for (i, &d) in draft.iter().enumerate() {
+                    if sampler.sample(&rows[i], &out.context)? != d {
+                        break;
+                    }
+                    accepted += 1;
+                    stats.accepted += 1;
+                    if let Some(f) = out.take(d, &mut on_text)? {
+                        finish = f;
+                        break 'decode;
+                    }
+                    if out.generated.len() >= params.max_tokens {
+                        break 'decode;
+                    }
+                }
+                cache.truncate(base + 1 + accepted);
+                logits = rows.into_iter().nth(accepted).unwrap_or_default();
             }
-            input = self.tokens_tensor(&[next])?;
         }
+        let Output {
+            mut decoder,
+            mut stop,
+            generated,
+            mut pending,
+            ..
+        } = out;
         if finish != FinishReason::StopString && finish != FinishReason::Cancelled {
             if let Some(rest) = decoder.finish()? {
-                let (hit, _) = emit(&rest, &mut stop, &mut pending);
+                let (piece, hit) = stop.push(&rest);
+                if !piece.is_empty() {
+                    let _ = on_text(&piece, &pending);
+                    pending.clear();
+                }
                 if hit {
                     finish = FinishReason::StopString;
                 }
@@ -229,12 +279,120 @@ impl Model {
         if !pending.is_empty() {
             let _ = on_text("", &pending);
         }
-        Ok(Generation {
-            text: stop.text,
-            tokens: generated,
-            prompt_tokens: prompt.len(),
-            finish,
-        })
+        Ok((
+            Generation {
+                text: stop.text,
+                tokens: generated,
+                prompt_tokens: prompt.len(),
+                finish,
+            },
+            stats,
+        ))
+    }
+}
+
+/// Prompt-lookup speculative decoding (Saxena 2023's "prompt lookup decoding"; the seed's
+/// speculative decoding without a draft model): after each token, the last `ngram` tokens of
+/// the context (prompt and output so far; shorter n-grams down to 1 when the longest does not
+/// occur) are looked up at their latest earlier occurrence, and the up to `max_draft` tokens
+/// that followed it are proposed. They are verified in the same forward pass as the token just
+/// picked, and the longest prefix that greedy decoding would also have picked is kept; the KV
+/// cache drops the rest.
+///
+/// Only greedy requests speculate: a sampled request decodes one token at a time, so its
+/// sampling distribution is exactly that of plain decoding. Greedy output equals plain greedy
+/// decoding up to floating-point reassociation (a pass over several tokens sums in another
+/// order than one token at a time; checked on the real model by `tests/real_model.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptLookup {
+    /// Longest suffix of the context to look up (n-gram size).
+    pub ngram: usize,
+    /// Most tokens proposed per step.
+    pub max_draft: usize,
+}
+
+impl Default for PromptLookup {
+    fn default() -> Self {
+        PromptLookup {
+            ngram: 3,
+            max_draft: 8,
+        }
+    }
+}
+
+/// Draft tokens (how many were proposed and kept) of one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpeculationStats {
+    /// Tokens proposed by prompt lookup.
+    pub proposed: usize,
+    /// Of those, tokens greedy decoding also picked.
+    pub accepted: usize,
+}
+
+/// The tokens that followed the latest earlier occurrence of `context`'s last `n`-gram, for the
+/// largest `n <= ngram` that occurs, at most `max_draft` of them; empty if none.
+pub fn propose(context: &[u32], ngram: usize, max_draft: usize) -> &[u32] {
+    let len = context.len();
+    if max_draft == 0 {
+        return &[];
+    }
+    for n in (1..=ngram.min(len.saturating_sub(1))).rev() {
+        let suffix = &context[len - n..];
+        // Latest start before the suffix itself.
+        for start in (0..len - n).rev() {
+            if &context[start..start + n] == suffix {
+                let from = start + n;
+                return &context[from..(from + max_draft).min(len)];
+            }
+        }
+    }
+    &[]
+}
+
+/// The generated tokens and what has been handed to the caller.
+struct Output<'a, 't> {
+    eos: &'a [u32],
+    decoder: StreamDecoder<'t>,
+    stop: StopFilter<'a>,
+    context: Vec<u32>,
+    generated: Vec<u32>,
+    /// Ids whose text has not been handed over yet.
+    pending: Vec<u32>,
+}
+
+impl Output<'_, '_> {
+    /// Takes one picked token: end of sequence, or appended and its text (if complete) handed
+    /// to `on_text`. Returns why generation ends, if it does.
+    fn take(
+        &mut self,
+        next: u32,
+        on_text: &mut impl FnMut(&str, &[u32]) -> ControlFlow<()>,
+    ) -> Result<Option<FinishReason>> {
+        if self.eos.contains(&next) {
+            return Ok(Some(FinishReason::Eos));
+        }
+        self.generated.push(next);
+        self.context.push(next);
+        self.pending.push(next);
+        if let Some(piece) = self.decoder.push(next)? {
+            let (out, hit) = self.stop.push(&piece);
+            if hit {
+                // The text before the stop string still goes out.
+                if !out.is_empty() {
+                    let _ = on_text(&out, &self.pending);
+                    self.pending.clear();
+                }
+                return Ok(Some(FinishReason::StopString));
+            }
+            if !out.is_empty() {
+                let flow = on_text(&out, &self.pending);
+                self.pending.clear();
+                if flow.is_break() {
+                    return Ok(Some(FinishReason::Cancelled));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 

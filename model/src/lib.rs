@@ -62,7 +62,9 @@ pub use candle_nn::{VarBuilder, VarMap};
 pub use config::Config;
 pub use digest::{AdapterDigest, ModelDigest, Sha256Digest};
 pub use error::{AdapterError, Error, LoadError, Result, UsageError};
-pub use generate::{FinishReason, GenerateParams, Generation};
+pub use generate::{
+    FinishReason, GenerateParams, Generation, PromptLookup, SpeculationStats, propose,
+};
 pub use gguf::{GgufFile, ImportProgress, ImportReport, import as import_gguf, resolve_model_path};
 pub use llama::{Cache, KvFormat, Model};
 pub use loader::{

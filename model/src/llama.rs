@@ -269,6 +269,13 @@ impl Cache {
         &self.pad
     }
 
+    /// Forgets every token after the first `len` (keeps the allocation and the padding): the
+    /// next `forward` writes from slot `len` on. Used to drop speculative tokens that were not
+    /// accepted. A `len` beyond the current length changes nothing.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Forgets all tokens (keeps the allocation) and clears the padding.
     pub fn reset(&mut self) {
         self.len = 0;

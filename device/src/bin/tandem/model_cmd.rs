@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 use tandem_model::{
-    DType, Device, GenerateParams, ImportProgress, LoadedAdapter, LoadedModel, SamplingParams,
-    load_adapter, load_model,
+    DType, Device, GenerateParams, ImportProgress, LoadedAdapter, LoadedModel, PromptLookup,
+    SamplingParams, load_adapter, load_model,
 };
 
 /// Compute precision.
@@ -68,6 +68,10 @@ pub enum Cmd {
         /// Compute precision.
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Precision,
+        /// Prompt-lookup speculative decoding with up to N draft tokens per step (greedy
+        /// only; the output is that of plain greedy decoding). 0 is off.
+        #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+        speculate: u16,
         /// Print exactly one JSON object at the end instead of streaming.
         #[arg(long)]
         json: bool,
@@ -118,6 +122,7 @@ impl Cmd {
                 seed,
                 stop,
                 dtype,
+                speculate,
                 json,
             } => {
                 let params = GenerateParams {
@@ -132,7 +137,19 @@ impl Cmd {
                     stop_strings: stop,
                     eos_token_ids: None,
                 };
-                generate(&model, adapter.as_deref(), &prompt, &params, dtype, json)
+                let speculate = (speculate > 0).then(|| PromptLookup {
+                    max_draft: usize::from(speculate),
+                    ..PromptLookup::default()
+                });
+                generate(
+                    &model,
+                    adapter.as_deref(),
+                    &prompt,
+                    &params,
+                    speculate,
+                    dtype,
+                    json,
+                )
             }
             Cmd::Inspect { dir, json } => inspect(&dir, json),
             Cmd::Import {
@@ -169,6 +186,7 @@ fn generate(
     adapter: Option<&Path>,
     prompt: &str,
     params: &GenerateParams,
+    speculate: Option<PromptLookup>,
     dtype: Precision,
     json: bool,
 ) -> Result<()> {
@@ -176,12 +194,13 @@ fn generate(
     let ids = m.tokenizer.encode(prompt)?;
     let start = Instant::now();
     let mut out = std::io::stdout().lock();
-    let g = m.model.generate(
+    let (g, stats) = m.model.generate_speculative(
         &m.tokenizer,
         &ids,
         a.as_ref().map(|a| &a.adapter),
         params,
-        |d| {
+        speculate,
+        |d, _| {
             if !json {
                 let _ = out.write_all(d.as_bytes());
                 let _ = out.flush();
@@ -201,6 +220,8 @@ fn generate(
                 "prompt_tokens": g.prompt_tokens,
                 "finish_reason": g.finish.as_str(),
                 "seconds": secs,
+                "draft_tokens": stats.proposed,
+                "accepted_draft_tokens": stats.accepted,
                 "model_digest": m.digest.to_string(),
                 "adapter_digest": a.as_ref().map(|a| a.digest.to_string()),
             })

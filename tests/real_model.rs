@@ -13,7 +13,7 @@ use serde_json::Value;
 use tandem_lab::train::data::{TokenStream, split_documents};
 use tandem_lab::train::trainer::eval_loss;
 use tandem_model::chat_template::{ChatTemplate, Message};
-use tandem_model::{DType, Device, GenerateParams, load_model};
+use tandem_model::{DType, Device, GenerateParams, PromptLookup, load_model};
 use tandem_tests::real_model::{hf_python, repo_file, smollm2_dir};
 
 const SEQ_LEN: usize = 256;
@@ -112,6 +112,24 @@ fn import_matches_transformers() {
             "greedy tokens differ for {prompt:?}:\nTandem:       {:?}\ntransformers: {:?}",
             g.text, c["text"]
         );
+        // Prompt-lookup speculation (issue 17) keeps exactly these tokens.
+        let (s, stats) = m
+            .model
+            .generate_speculative(
+                &m.tokenizer,
+                &ids,
+                None,
+                &params,
+                Some(PromptLookup::default()),
+                |_, _| ControlFlow::Continue(()),
+            )
+            .unwrap();
+        assert_eq!(
+            s.tokens, want,
+            "speculative greedy tokens differ for {prompt:?} ({stats:?}): {:?}",
+            s.text
+        );
+        assert!(stats.accepted <= stats.proposed);
     }
 }
 

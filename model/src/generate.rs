@@ -219,7 +219,9 @@ impl Model {
                 let room =
                     (capacity - cache.len() - 1).min(params.max_tokens - out.generated.len());
                 let draft: Vec<u32> = match speculate {
-                    Some(s) => propose(&out.context, s.ngram, s.max_draft.min(room)).to_vec(),
+                    Some(s) => {
+                        propose(&out.context, s.min_ngram..=s.ngram, s.max_draft.min(room)).to_vec()
+                    }
                     None => Vec::new(),
                 };
                 let mut ids = Vec::with_capacity(draft.len() + 1);
@@ -294,7 +296,7 @@ impl Model {
 /// Prompt-lookup speculative decoding (Saxena 2023's "prompt lookup decoding"; the seed's
 /// speculative decoding without a draft model): after each token, the last `ngram` tokens of
 /// the context (prompt and output so far; shorter n-grams down to 1 when the longest does not
-/// occur) are looked up at their latest earlier occurrence, and the up to `max_draft` tokens
+/// occur, down to `min_ngram`) are looked up at their latest earlier occurrence, and the up to `max_draft` tokens
 /// that followed it are proposed. They are verified in the same forward pass as the token just
 /// picked, and the longest prefix that greedy decoding would also have picked is kept; the KV
 /// cache drops the rest.
@@ -307,6 +309,8 @@ impl Model {
 pub struct PromptLookup {
     /// Longest suffix of the context to look up (n-gram size).
     pub ngram: usize,
+    /// Shortest suffix looked up: a match of a single token proposes noise more often than not.
+    pub min_ngram: usize,
     /// Most tokens proposed per step.
     pub max_draft: usize,
 }
@@ -315,6 +319,7 @@ impl Default for PromptLookup {
     fn default() -> Self {
         PromptLookup {
             ngram: 3,
+            min_ngram: 2,
             max_draft: 8,
         }
     }
@@ -330,13 +335,19 @@ pub struct SpeculationStats {
 }
 
 /// The tokens that followed the latest earlier occurrence of `context`'s last `n`-gram, for the
-/// largest `n <= ngram` that occurs, at most `max_draft` of them; empty if none.
-pub fn propose(context: &[u32], ngram: usize, max_draft: usize) -> &[u32] {
+/// largest `n` in `ngrams` that occurs, at most `max_draft` of them; empty if none.
+pub fn propose(
+    context: &[u32],
+    ngrams: std::ops::RangeInclusive<usize>,
+    max_draft: usize,
+) -> &[u32] {
     let len = context.len();
     if max_draft == 0 {
         return &[];
     }
-    for n in (1..=ngram.min(len.saturating_sub(1))).rev() {
+    let shortest = (*ngrams.start()).max(1);
+    let longest = (*ngrams.end()).min(len.saturating_sub(1));
+    for n in (shortest..=longest).rev() {
         let suffix = &context[len - n..];
         // Latest start before the suffix itself.
         for start in (0..len - n).rev() {

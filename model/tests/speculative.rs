@@ -17,17 +17,19 @@ use tandem_model::{
 fn propose_follows_the_latest_earlier_occurrence() {
     // "a b c d a b" → the last 2-gram "a b" occurred at 0, followed by "c d a b".
     let ctx = [1, 2, 3, 4, 1, 2];
-    assert_eq!(propose(&ctx, 3, 8), &[3, 4, 1, 2]);
-    assert_eq!(propose(&ctx, 3, 2), &[3, 4]);
+    assert_eq!(propose(&ctx, 1..=3, 8), &[3, 4, 1, 2]);
+    assert_eq!(propose(&ctx, 1..=3, 2), &[3, 4]);
     // The latest occurrence wins.
     let ctx = [1, 2, 7, 1, 2, 8, 9, 1, 2];
-    assert_eq!(propose(&ctx, 2, 3), &[8, 9, 1]);
-    // Falls back to shorter n-grams; nothing when the last token never occurred before.
-    assert_eq!(propose(&[5, 6, 9, 6], 3, 4), &[9, 6]);
-    assert_eq!(propose(&[1, 2, 3], 3, 4), &[] as &[u32]);
-    assert_eq!(propose(&[1], 3, 4), &[] as &[u32]);
-    assert_eq!(propose(&[], 3, 4), &[] as &[u32]);
-    assert_eq!(propose(&[1, 1], 3, 0), &[] as &[u32]);
+    assert_eq!(propose(&ctx, 1..=2, 3), &[8, 9, 1]);
+    // Falls back to shorter n-grams, down to the shortest allowed; nothing when the last token
+    // never occurred before.
+    assert_eq!(propose(&[5, 6, 9, 6], 1..=3, 4), &[9, 6]);
+    assert_eq!(propose(&[5, 6, 9, 6], 2..=3, 4), &[] as &[u32]);
+    assert_eq!(propose(&[1, 2, 3], 1..=3, 4), &[] as &[u32]);
+    assert_eq!(propose(&[1], 1..=3, 4), &[] as &[u32]);
+    assert_eq!(propose(&[], 1..=3, 4), &[] as &[u32]);
+    assert_eq!(propose(&[1, 1], 1..=3, 0), &[] as &[u32]);
 }
 
 fn run(
@@ -65,6 +67,7 @@ fn check_equal(m: &LoadedModel, prompts: &[Vec<u32>], max_tokens: usize) -> Spec
             PromptLookup::default(),
             PromptLookup {
                 ngram: 1,
+                min_ngram: 1,
                 max_draft: 3,
             },
         ] {

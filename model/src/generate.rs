@@ -199,6 +199,8 @@ impl Model {
             pending: Vec::new(),
         };
         let mut finish = FinishReason::Length;
+        // Consecutive drafts with nothing accepted (at most 4), and steps left without drafting.
+        let (mut misses, mut pause) = (0u32, 0usize);
         if params.max_tokens > 0 {
             // Logits for the token after everything in the cache.
             let mut logits = self
@@ -218,12 +220,16 @@ impl Model {
                 // context's last n-gram, verified together with `next` in one forward pass.
                 let room =
                     (capacity - cache.len() - 1).min(params.max_tokens - out.generated.len());
+                // After a draft with nothing accepted, drafting pauses for 1, 3, 7, then 15
+                // steps: where lookups keep missing (open-ended text), each rejected draft
+                // would still widen the forward pass.
                 let draft: Vec<u32> = match speculate {
-                    Some(s) => {
+                    Some(s) if pause == 0 => {
                         propose(&out.context, s.min_ngram..=s.ngram, s.max_draft.min(room)).to_vec()
                     }
-                    None => Vec::new(),
+                    _ => Vec::new(),
                 };
+                pause = pause.saturating_sub(1);
                 let mut ids = Vec::with_capacity(draft.len() + 1);
                 ids.push(next);
                 ids.extend_from_slice(&draft);
@@ -248,6 +254,14 @@ impl Model {
                     }
                     if out.generated.len() >= params.max_tokens {
                         break 'decode;
+                    }
+                }
+                if !draft.is_empty() {
+                    if accepted == 0 {
+                        misses = (misses + 1).min(4);
+                        pause = (1 << misses) - 1;
+                    } else {
+                        misses = 0;
                     }
                 }
                 cache.truncate(base + 1 + accepted);
@@ -299,7 +313,8 @@ impl Model {
 /// occur, down to `min_ngram`) are looked up at their latest earlier occurrence, and the up to `max_draft` tokens
 /// that followed it are proposed. They are verified in the same forward pass as the token just
 /// picked, and the longest prefix that greedy decoding would also have picked is kept; the KV
-/// cache drops the rest.
+/// cache drops the rest. A draft of which nothing is kept pauses drafting for 1, 3, 7, then 15
+/// steps, until one is accepted again.
 ///
 /// Only greedy requests speculate: a sampled request decodes one token at a time, so its
 /// sampling distribution is exactly that of plain decoding. Greedy output equals plain greedy

@@ -33,6 +33,11 @@ use tandem_node::node::measure;
 use tandem_tests::procs::{Proc, have, is_root};
 
 /// Runs `ip ARGS`; panics with its stderr if it fails.
+/// `ip link set eth0 up|down` inside namespace `ns`.
+fn set_eth0(ns: &str, state: &str) {
+    ip(&["netns", "exec", ns, "ip", "link", "set", "eth0", state]);
+}
+
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap();
     assert!(
@@ -296,16 +301,7 @@ fn fleet_across_network_namespaces() {
     };
 
     // 1. Node 3's network is down at start: the log is unreachable, it refuses to start.
-    ip(&[
-        "netns",
-        "exec",
-        &net.host("n3").ns,
-        "ip",
-        "link",
-        "set",
-        "eth0",
-        "down",
-    ]);
+    set_eth0(&net.host("n3").ns, "down");
     let mut refused = Proc::spawn("n3-no-log", &mut node_cmd(3), dir);
     let status = refused
         .wait_exit(Duration::from_secs(60))
@@ -317,16 +313,7 @@ fn fleet_across_network_namespaces() {
         "the refusal names the log: {err}"
     );
     assert!(!err.contains("panicked"), "{err}");
-    ip(&[
-        "netns",
-        "exec",
-        &net.host("n3").ns,
-        "ip",
-        "link",
-        "set",
-        "eth0",
-        "up",
-    ]);
+    set_eth0(&net.host("n3").ns, "up");
 
     // The three nodes.
     let nodes: Vec<Proc> = (1..=3)

@@ -84,6 +84,19 @@ impl GatewayAddr {
             .unwrap();
         GatewayClient::new(ch)
     }
+
+    /// A Discover this gateway must refuse (no node to offer): its status.
+    async fn refused_discover(&self) -> tonic::Status {
+        self.client()
+            .await
+            .discover(v1::DiscoverRequest {
+                model_id: model_id(),
+                adapter_id: String::new(),
+                count: 3,
+            })
+            .await
+            .expect_err("no node")
+    }
 }
 
 /// The gateway's events (one JSON object per stderr line) named `event`.
@@ -372,16 +385,7 @@ fn gateway_follows_dns_a_and_srv_records() {
                 .is_some_and(|r| r.contains("missing.tandem.test") && r.contains("NXDomain"))
         })
         .await;
-        let e = missing
-            .client()
-            .await
-            .discover(v1::DiscoverRequest {
-                model_id: model_id(),
-                adapter_id: String::new(),
-                count: 3,
-            })
-            .await
-            .expect_err("no node");
+        let e = missing.refused_discover().await;
         assert_eq!(e.code(), tonic::Code::Unavailable);
         assert!(
             e.message().contains("missing.tandem.test") && e.message().contains("NXDomain"),
@@ -392,16 +396,7 @@ fn gateway_follows_dns_a_and_srv_records() {
             v["reason"].as_str().is_some_and(|r| !r.is_empty())
         })
         .await;
-        let e = silent_gw
-            .client()
-            .await
-            .discover(v1::DiscoverRequest {
-                model_id: model_id(),
-                adapter_id: String::new(),
-                count: 3,
-            })
-            .await
-            .expect_err("no node");
+        let e = silent_gw.refused_discover().await;
         assert!(
             e.message().contains("node discovery through DNS"),
             "{}",

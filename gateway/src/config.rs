@@ -529,6 +529,17 @@ nodes = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
             .to_string()
     }
 
+    /// A TOML value for a numeric setting: an edge case, a random integer of random size, or a
+    /// float (which a whole-number setting must refuse).
+    fn random_value(rng: &mut rand::rngs::StdRng, edges: &[i128]) -> String {
+        use rand::Rng as _;
+        match rng.gen_range(0..3) {
+            0 => edges[rng.gen_range(0..edges.len())].to_string(),
+            1 => (rng.r#gen::<u64>() >> rng.gen_range(0..64)).to_string(),
+            _ => format!("{:.1}", rng.r#gen::<f64>() * 1e5),
+        }
+    }
+
     /// Random values in every numeric setting: an error naming the field, or a config whose
     /// durations start-up can add to `Instant::now()`; never a panic.
     #[test]
@@ -560,11 +571,7 @@ nodes = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
             let mut text = OK.to_string();
             for f in fields {
                 if rng.gen_bool(0.5) {
-                    let v = match rng.gen_range(0..3) {
-                        0 => edges[rng.gen_range(0..edges.len())].to_string(),
-                        1 => (rng.r#gen::<u64>() >> rng.gen_range(0..64)).to_string(),
-                        _ => format!("{:.1}", rng.r#gen::<f64>() * 1e5),
-                    };
+                    let v = random_value(&mut rng, &edges);
                     text.push_str(&format!("{f} = {v}\n"));
                 }
             }
@@ -604,11 +611,7 @@ nodes = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
             for f in fields {
                 if rng.gen_bool(0.5) {
                     port |= f == "port";
-                    let v = match rng.gen_range(0..3) {
-                        0 => edges[rng.gen_range(0..edges.len())].to_string(),
-                        1 => (rng.r#gen::<u64>() >> rng.gen_range(0..64)).to_string(),
-                        _ => format!("{:.1}", rng.r#gen::<f64>() * 1e5),
-                    };
+                    let v = random_value(&mut rng, &edges);
                     text.push_str(&format!("{f} = {v}\n"));
                 }
             }
